@@ -1,0 +1,54 @@
+# The two set-up commands: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+LOCAL_ENV := . devstack/local.env &&
+
+.PHONY: venv up down run test lint typecheck unit integration migrate bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+up:
+	devstack/kafka/kafka.sh up
+	devstack/postgres/pg.sh up
+
+down:
+	devstack/kafka/kafka.sh down
+	devstack/postgres/pg.sh down
+
+migrate: venv
+	$(LOCAL_ENV) $(BIN)/alembic upgrade head
+
+run: venv up migrate
+	devstack/run.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy .
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+integration: venv up
+	$(LOCAL_ENV) $(BIN)/pytest tests/integration tests/e2e
+
+# pytest exits 5 when it collected nothing: that is a failure, not a pass.
+test: venv up lint typecheck
+	$(LOCAL_ENV) $(BIN)/pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+bench: venv up migrate
+	$(LOCAL_ENV) $(BIN)/python -m bench.pipeline
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Kafka consumers: one module per domain, each a router of thin handlers."""

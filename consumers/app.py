@@ -1,0 +1,45 @@
+"""The consumers' composition root: ``faststream run consumers.app:app``.
+
+``create_app`` reads nothing global: it takes settings, builds the broker and the long-lived
+resources, wires the routers, and closes everything in the lifespan. Tests call it with their
+own settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from faststream import FastStream
+
+from core.kafka import create_broker
+from core.runtime import build_resources, resources_lifespan, settings_or_exit
+from core.settings import Settings
+
+logger = logging.getLogger("dianabot.consumers")
+
+
+def create_app(settings: Settings) -> FastStream:
+    resources = build_resources(settings)
+    broker = create_broker(settings.kafka, logger=logging.getLogger("dianabot.broker"))
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        async with resources_lifespan(resources, "consumers"):
+            yield
+
+    app = FastStream(broker, lifespan=lifespan, logger=logger)
+    app.context.set_global("resources", resources)
+
+    @app.after_startup
+    async def announce_ready() -> None:
+        logger.info(
+            "consumers ready",
+            extra={"kafka": settings.kafka.bootstrap_servers, "database": settings.database.safe_url()},
+        )
+
+    return app
+
+
+app = create_app(settings_or_exit())

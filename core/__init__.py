@@ -1,0 +1,1 @@
+"""Shared infrastructure of the DianaBot job service: settings, database, reliability machinery."""

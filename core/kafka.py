@@ -1,0 +1,78 @@
+"""Kafka connection: the broker factory and a start-up reachability check."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient
+from faststream.kafka import KafkaBroker
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+from core.settings import KafkaSettings
+
+
+class KafkaUnreachableError(RuntimeError):
+    """Start-up could not reach the broker; the message names the bootstrap address."""
+
+
+def _security(settings: KafkaSettings) -> BaseSecurity | None:
+    ssl_context = None
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile)
+    if settings.security_protocol.startswith("SASL"):
+        username = settings.sasl_username or ""
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+        use_ssl = settings.security_protocol == "SASL_SSL"
+        mechanism = {"SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}.get(
+            settings.sasl_mechanism or "PLAIN", SASLPlaintext
+        )
+        return mechanism(username, password, ssl_context=ssl_context, use_ssl=use_ssl)
+    if ssl_context is not None:
+        return BaseSecurity(ssl_context=ssl_context, use_ssl=True)
+    return None
+
+
+def create_broker(settings: KafkaSettings, **options: Any) -> KafkaBroker:
+    """A broker whose producer is idempotent with acks=all: a publish is durable or it fails."""
+    return KafkaBroker(
+        settings.bootstrap_servers,
+        client_id=settings.client_id,
+        security=_security(settings),
+        enable_idempotence=True,
+        acks="all",
+        request_timeout_ms=int(settings.connect_timeout_s * 1000),
+        **options,
+    )
+
+
+async def ensure_kafka_reachable(settings: KafkaSettings) -> None:
+    """Ask the broker for its metadata, or fail with one line naming the address."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-preflight",
+        request_timeout_ms=int(settings.connect_timeout_s * 1000),
+        **_admin_security_options(settings),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout=settings.connect_timeout_s)
+    except Exception as error:
+        raise KafkaUnreachableError(
+            f"Kafka is unreachable at {settings.bootstrap_servers}: {type(error).__name__}"
+        ) from None
+    finally:
+        await admin.close()
+
+
+def _admin_security_options(settings: KafkaSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.security_protocol.startswith("SASL"):
+        options.update(
+            sasl_mechanism=settings.sasl_mechanism or "PLAIN",
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+        )
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.ssl_cafile)
+    return options

@@ -1,0 +1,1 @@
+"""The scheduler service: emits scheduler.tick events for periodic jobs."""
