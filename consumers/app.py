@@ -1,45 +1,153 @@
 """The consumers' composition root: ``faststream run consumers.app:app``.
 
-``create_app`` reads nothing global: it takes settings, builds the broker and the long-lived
-resources, wires the routers, and closes everything in the lifespan. Tests call it with their
-own settings.
+``create_app`` reads nothing global: it takes settings, builds the broker, the long-lived
+resources and every handler's consumers, and closes everything in the lifespan. Tests call
+``build_consumers`` or ``create_app`` with their own settings, handler groups and clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
 
 from faststream import FastStream
+from faststream.kafka import KafkaBroker, KafkaRouter
 
-from core.kafka import create_broker
-from core.runtime import build_resources, resources_lifespan, settings_or_exit
+from consumers.registry import HANDLER_GROUPS
+from core.clock import Clock, SystemClock
+from core.kafka import admin_client, create_broker
+from core.outbox import OutboxRelay
+from core.pipeline.consumer import TopicDeclaration, declare_topics, subscribe_handler, topic_declarations
+from core.pipeline.handlers import HandlerGroup
+from core.pipeline.routing import FailureRouter
+from core.pipeline.runner import PipelineDeps
+from core.publisher import EventPublisher
+from core.runtime import Resources, build_resources, resources_lifespan, settings_or_exit
 from core.settings import Settings
+from core.telemetry import instrument_engine, kafka_middleware, setup_tracing
 
 logger = logging.getLogger("dianabot.consumers")
+PRODUCER = "dianabot-jobs"
 
 
-def create_app(settings: Settings) -> FastStream:
+@dataclass
+class Consumers:
+    """Everything one consumer process runs: the broker with every handler's consumers, and the relay."""
+
+    settings: Settings
+    resources: Resources
+    broker: KafkaBroker
+    relay: OutboxRelay
+    declarations: list[TopicDeclaration]
+    handler_names: list[str]
+    _stop_relay: asyncio.Event = field(default_factory=asyncio.Event)
+    _relay_task: asyncio.Task[None] | None = None
+
+    async def declare_topics(self) -> list[str]:
+        admin = admin_client(self.settings.kafka)
+        await admin.start()
+        try:
+            return await declare_topics(
+                admin, self.declarations, self.settings.kafka.topic_replication_factor
+            )
+        finally:
+            await admin.close()
+
+    def start_relay(self) -> None:
+        self._stop_relay.clear()
+        self._relay_task = asyncio.create_task(self.relay.run(self._stop_relay), name="outbox-relay")
+
+    async def stop_relay(self) -> None:
+        self._stop_relay.set()
+        if self._relay_task is not None:
+            with suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._relay_task, timeout=10)
+            self._relay_task = None
+
+
+def build_consumers(
+    settings: Settings,
+    *,
+    groups: Iterable[HandlerGroup] = HANDLER_GROUPS,
+    clock: Clock | None = None,
+    services: Mapping[str, Any] | None = None,
+) -> Consumers:
+    provider = setup_tracing(settings.telemetry)
     resources = build_resources(settings)
-    broker = create_broker(settings.kafka, logger=logging.getLogger("dianabot.broker"))
+    instrument_engine(resources.engine, provider)
+    broker = create_broker(
+        settings.kafka, logger=logging.getLogger("dianabot.broker"), middlewares=(kafka_middleware(provider),)
+    )
+    deps = PipelineDeps(
+        session_factory=resources.session_factory,
+        router=FailureRouter(broker),
+        clock=clock or SystemClock(),
+        producer=PRODUCER,
+        services=services or {},
+    )
+    router = KafkaRouter()
+    declarations = topic_declarations()
+    names = []
+    for group in groups:
+        for spec in group.specs:
+            declarations += subscribe_handler(
+                router,
+                spec,
+                deps,
+                session_timeout_ms=settings.kafka.session_timeout_ms,
+                heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
+            )
+            names.append(spec.name)
+    broker.include_router(router)
+    relay = OutboxRelay(resources.session_factory, EventPublisher(broker, PRODUCER))
+    return Consumers(settings, resources, broker, relay, declarations, names)
+
+
+def create_app(settings: Settings, **options: Any) -> FastStream:
+    consumers = build_consumers(settings, **options)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        async with resources_lifespan(resources, "consumers"):
+        async with resources_lifespan(consumers.resources, "consumers"):
+            created = await consumers.declare_topics()
+            if created:
+                logger.info("declared %d topics", len(created), extra={"topics": created})
             yield
 
-    app = FastStream(broker, lifespan=lifespan, logger=logger)
-    app.context.set_global("resources", resources)
+    app = FastStream(consumers.broker, lifespan=lifespan, logger=logger)
 
     @app.after_startup
-    async def announce_ready() -> None:
+    async def start_relay_and_announce() -> None:
+        consumers.start_relay()
         logger.info(
             "consumers ready",
-            extra={"kafka": settings.kafka.bootstrap_servers, "database": settings.database.safe_url()},
+            extra={
+                "kafka": settings.kafka.bootstrap_servers,
+                "database": settings.database.safe_url(),
+                "handlers": consumers.handler_names,
+            },
         )
+
+    @app.on_shutdown
+    async def stop_relay() -> None:
+        await consumers.stop_relay()
 
     return app
 
 
-app = create_app(settings_or_exit())
+@cache
+def _default_app() -> FastStream:
+    return create_app(settings_or_exit())
+
+
+def __getattr__(name: str) -> FastStream:
+    # `faststream run consumers.app:app` builds the app on first access, not at import time,
+    # so tests and tools can import this module without settings.
+    if name == "app":
+        return _default_app()
+    raise AttributeError(name)

@@ -47,14 +47,18 @@ def create_broker(settings: KafkaSettings, **options: Any) -> KafkaBroker:
     )
 
 
-async def ensure_kafka_reachable(settings: KafkaSettings) -> None:
-    """Ask the broker for its metadata, or fail with one line naming the address."""
-    admin = AIOKafkaAdminClient(
+def admin_client(settings: KafkaSettings, purpose: str = "admin") -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-preflight",
+        client_id=f"{settings.client_id}-{purpose}",
         request_timeout_ms=int(settings.connect_timeout_s * 1000),
         **_admin_security_options(settings),
     )
+
+
+async def ensure_kafka_reachable(settings: KafkaSettings) -> None:
+    """Ask the broker for its metadata, or fail with one line naming the address."""
+    admin = admin_client(settings, "preflight")
     try:
         await asyncio.wait_for(admin.start(), timeout=settings.connect_timeout_s)
     except Exception as error:

@@ -39,6 +39,13 @@ class KafkaSettings(_Section):
     sasl_password: SecretStr | None = Field(None, description="SASL password.")
     ssl_cafile: str | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
     connect_timeout_s: float = Field(10.0, gt=0, description="How long start-up waits for the broker.")
+    session_timeout_ms: int = Field(
+        10_000,
+        ge=6_000,
+        description="How soon the group notices a dead consumer and hands its partitions on.",
+    )
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="Consumer heartbeat period.")
+    topic_replication_factor: int = Field(1, ge=1, description="Replication of topics declared at start-up.")
 
     @field_validator("bootstrap_servers")
     @classmethod

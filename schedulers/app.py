@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 
 from faststream import FastStream
 
@@ -34,4 +35,13 @@ def create_app(settings: Settings) -> FastStream:
     return app
 
 
-app = create_app(settings_or_exit())
+@cache
+def _default_app() -> FastStream:
+    return create_app(settings_or_exit())
+
+
+def __getattr__(name: str) -> FastStream:
+    # Built on first access (by `faststream run schedulers.app:app`), not at import time.
+    if name == "app":
+        return _default_app()
+    raise AttributeError(name)

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the pipeline, the scheduler and the sender (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "dianabot_events_total",
+    "Events seen by a handler, by outcome (handled, duplicate, retried, dead_lettered, ignored).",
+    ["handler", "outcome"],
+)
+FAILURES = Counter(
+    "dianabot_handler_failures_total", "Handler failures by error type.", ["handler", "error_type"]
+)
+HANDLER_SECONDS = Histogram(
+    "dianabot_handler_seconds",
+    "Time spent in a handler (its own work, not the batch around it).",
+    ["handler"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+)
+BATCH_SECONDS = Histogram(
+    "dianabot_batch_seconds",
+    "Time to process and commit one batch.",
+    ["group"],
+    buckets=(0.005, 0.02, 0.1, 0.5, 2, 10),
+)
+CONSUMER_STALLS = Counter(
+    "dianabot_consumer_stalls_total",
+    "Batches rewound because the database or Kafka was unreachable.",
+    ["group"],
+)
+OUTBOX_PUBLISHED = Counter("dianabot_outbox_published_total", "Outbox rows published by the relay.")
+LAG = Gauge("dianabot_consumer_lag", "Records behind the end of the topic.", ["group", "topic"])

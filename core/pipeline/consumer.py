@@ -1,0 +1,176 @@
+"""FastStream wiring: every handler becomes batch consumers with manual commits.
+
+For each handler and each topic lane it listens to, one consumer group reads the source topic,
+and one more consumer per retry topic (same group name, ``.retry.{n}`` topics). Offsets are
+committed (``message.ack()``) only after the batch's effects are committed and its failures are
+durably re-published; an infrastructure failure rewinds the batch (``message.nack()``) and backs off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaMessage
+
+from contracts.topics import TOPICS, TopicSpec
+from core import metrics
+from core.pipeline.handlers import HandlerSpec
+from core.pipeline.records import Record
+from core.pipeline.runner import HandlerRunner, PipelineDeps
+
+logger = logging.getLogger("dianabot.pipeline")
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class TopicDeclaration:
+    name: str
+    partitions: int
+    retention_ms: int
+
+
+def _utf8_or_hex(value: bytes) -> bytes:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return value.hex().encode()
+    return value
+
+
+async def tolerant_parser(records: tuple[Record, ...], original: Callable[[Any], Awaitable[Any]]) -> Any:
+    """FastStream's parser decodes every header as UTF-8; a poison header must not stop the consumer."""
+    try:
+        return await original(records)
+    except UnicodeDecodeError:
+        cleaned = tuple(
+            dataclasses.replace(r, headers=[(k, _utf8_or_hex(v)) for k, v in r.headers]) for r in records
+        )
+        return await original(cleaned)
+
+
+async def raw_bodies(message: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Skip FastStream's JSON decoding: the pipeline decodes, so bad JSON becomes a dead letter."""
+    return message.body
+
+
+class BatchConsumer:
+    """Commits after the runner succeeds; on an outage rewinds and waits, doubling up to 30 s."""
+
+    def __init__(self, runner: HandlerRunner) -> None:
+        self.runner = runner
+        self._backoff_s = 0.0
+
+    async def consume(self, message: Any) -> None:
+        records: tuple[Record, ...] = message.raw_message
+        try:
+            await self.runner.process(records)
+        except Exception as error:
+            self._backoff_s = min(MAX_BACKOFF_S, max(0.5, self._backoff_s * 2))
+            metrics.CONSUMER_STALLS.labels(self.runner.group).inc()
+            logger.error(
+                "batch of %d rewound after %s: %s; retrying in %.1fs",
+                len(records),
+                type(error).__name__,
+                error,
+                self._backoff_s,
+                extra={"group": self.runner.group},
+            )
+            await message.nack()
+            await asyncio.sleep(self._backoff_s)
+            return
+        self._backoff_s = 0.0
+        await message.ack()
+
+
+def subscribe_handler(
+    router: KafkaRouter, spec: HandlerSpec[Any], deps: PipelineDeps, **consumer_options: Any
+) -> list[TopicDeclaration]:
+    """Register the consumers of one handler; return the retry topics it needs declared."""
+    declarations: list[TopicDeclaration] = []
+    for topic in spec.topics:
+        group = spec.group_for(topic)
+        stages = [(0, topic.name, 5 * 60 * 1000)]
+        for attempt, delay in enumerate(spec.retry_delays_s, start=1):
+            retry_topic = spec.retry_topic(group, attempt)
+            declarations.append(TopicDeclaration(retry_topic, topic.partitions, topic.retention_ms))
+            # A retry consumer sleeps until the head record is due: the poll interval must outlast it.
+            stages.append((attempt, retry_topic, int((delay * (1 + spec.retry_jitter) + 300) * 1000)))
+        for stage, topic_name, poll_interval_ms in stages:
+            consumer = BatchConsumer(HandlerRunner(spec, group, deps, stage=stage))
+            _register(router, consumer, topic_name, group, spec, poll_interval_ms, consumer_options)
+    return declarations
+
+
+def _register(
+    router: KafkaRouter,
+    consumer: BatchConsumer,
+    topic: str,
+    group: str,
+    spec: HandlerSpec[Any],
+    poll_ms: int,
+    options: dict[str, Any],
+) -> None:
+    event_types = ", ".join(sorted(spec.event_types))
+
+    async def handle(body: list[bytes], message: KafkaMessage) -> None:
+        await consumer.consume(message)
+
+    router.subscriber(
+        topic,
+        group_id=group,
+        batch=True,
+        max_records=spec.batch_size,
+        batch_timeout_ms=20,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=poll_ms,
+        parser=tolerant_parser,
+        decoder=raw_bodies,
+        title=f"{topic}:{group}",
+        description=f"{spec.name} handles {event_types}",
+        **options,
+    )(handle)
+
+
+def topic_declarations(specs: Iterable[TopicSpec] = TOPICS) -> list[TopicDeclaration]:
+    return [TopicDeclaration(t.name, t.partitions, t.retention_ms) for t in specs]
+
+
+async def declare_topics(
+    admin: AIOKafkaAdminClient, declarations: Iterable[TopicDeclaration], replication_factor: int = 1
+) -> list[str]:
+    """Create missing topics with their partitions and retention; return the names created.
+
+    Existing topics are left alone (their partition count is never changed behind an operator's back).
+    """
+    wanted = {d.name: d for d in declarations}
+    new_topics = [
+        NewTopic(
+            d.name,
+            num_partitions=d.partitions,
+            replication_factor=replication_factor,
+            topic_configs={"retention.ms": str(d.retention_ms)},
+        )
+        for d in wanted.values()
+    ]
+    if not new_topics:
+        return []
+    response = await admin.create_topics(new_topics, timeout_ms=30_000)
+    created = []
+    for topic_error in response.topic_errors:
+        name, code = topic_error[0], topic_error[1]
+        if code == 0:
+            created.append(name)
+        elif code != TopicAlreadyExistsError.errno:
+            raise RuntimeError(f"could not create topic {name}: error code {code}")
+    return created

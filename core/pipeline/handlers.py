@@ -1,0 +1,136 @@
+"""How a domain module declares its handlers, and what a handler receives.
+
+    subscriptions = HandlerGroup("subscriptions")
+
+    @subscriptions.handler(SubscriptionExpiring, action="send_expiry_reminder", timeout_s=30)
+    async def subscriptions_send_expiry_reminder_task(event: SubscriptionExpiring, ctx: HandlerContext):
+        ...
+
+Each handler gets its own consumer group, ``dianabot.{module}.{action}``, its own retry topics and
+its own ledger name, so handlers of the same event succeed, fail and retry independently.
+A handler never commits, retries, checks for duplicates or sleeps: the pipeline does that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.envelope import EventEnvelope, EventPayload
+from contracts.topics import NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, ROUTES, TopicSpec
+from core.clock import Clock
+
+P = TypeVar("P", bound=EventPayload)
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_RETRY_DELAYS_S: tuple[float, ...] = (10.0, 60.0, 600.0)
+APP = "dianabot"
+
+Emitter = Callable[[EventPayload], Awaitable[EventEnvelope]]
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    """What a handler may use: the unit of work's session, the event's envelope, and emit().
+
+    ``emit`` writes to the outbox in the same transaction, so an emitted event exists exactly
+    when the handler's effects do. ``services`` holds long-lived adapters (e.g. the Telegram sender).
+    """
+
+    session: AsyncSession
+    envelope: EventEnvelope
+    clock: Clock
+    emit: Emitter
+    attempt: int = 0
+    services: Mapping[str, Any] = field(default_factory=dict)
+
+
+HandlerFunc = Callable[[Any, HandlerContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class HandlerSpec(Generic[P]):
+    module: str
+    action: str
+    events: tuple[type[EventPayload], ...]
+    func: HandlerFunc
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S
+    retry_jitter: float = 0.2
+    batch_size: int = 500
+    # Listen somewhere other than the registry's topic (custom routing, tests, benchmarks).
+    topic_override: tuple[TopicSpec, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """``dianabot.{module}.{action}``: the consumer group, span name and ledger consumer."""
+        return f"{APP}.{self.module}.{self.action}"
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        return frozenset(e.event_type for e in self.events)
+
+    @property
+    def topics(self) -> tuple[TopicSpec, ...]:
+        if self.topic_override:
+            return self.topic_override
+        found: dict[str, TopicSpec] = {}
+        for event in self.events:
+            topic = ROUTES[event.event_type]
+            found[topic.name] = topic
+            if topic is NOTIFICATIONS_BULK:  # notifications travel in two priority lanes
+                found[NOTIFICATIONS_CRITICAL.name] = NOTIFICATIONS_CRITICAL
+        return tuple(found.values())
+
+    def group_for(self, topic: TopicSpec) -> str:
+        """One group per topic lane, so a critical lane never waits behind a bulk backlog."""
+        return self.name if len(self.topics) == 1 else f"{self.name}.{topic.name.rsplit('.', 1)[-1]}"
+
+    def retry_topic(self, group: str, attempt: int) -> str:
+        return f"{group}.retry.{attempt}"
+
+
+class HandlerGroup:
+    """The handlers of one domain module (the seed's `{module}_tasks.py`)."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.specs: list[HandlerSpec[Any]] = []
+
+    def handler(
+        self,
+        *events: type[P],
+        action: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S,
+        retry_jitter: float = 0.2,
+        batch_size: int = 500,
+        topics: tuple[TopicSpec, ...] = (),
+    ) -> Callable[
+        [Callable[[P, HandlerContext], Awaitable[None]]], Callable[[P, HandlerContext], Awaitable[None]]
+    ]:
+        if not events:
+            raise ValueError("a handler needs at least one event type")
+
+        def register(
+            func: Callable[[P, HandlerContext], Awaitable[None]],
+        ) -> Callable[[P, HandlerContext], Awaitable[None]]:
+            self.specs.append(
+                HandlerSpec(
+                    module=self.module,
+                    action=action,
+                    events=events,
+                    func=func,
+                    timeout_s=timeout_s,
+                    retry_delays_s=retry_delays_s,
+                    retry_jitter=retry_jitter,
+                    batch_size=batch_size,
+                    topic_override=topics,
+                )
+            )
+            return func
+
+        return register

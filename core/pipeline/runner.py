@@ -1,0 +1,287 @@
+"""Processing a batch of records for one handler: the heart of the pipeline.
+
+Per partition, in order (partitions run concurrently):
+1. decode; malformed records go to the dead-letter topic with the reason;
+2. events of other types on the topic are ignored;
+3. fast path: one transaction claims the ledger rows of the whole batch and runs the handler for
+   each new event; it commits once. Duplicates (already in the ledger) are skipped;
+4. if anything in the fast path fails, the transaction is rolled back and the events are handled
+   one by one, each in its own transaction, so one bad event fails alone;
+5. a failed event goes to its next retry topic (transient) or to the dead letters (permanent, or
+   out of attempts).
+When the database itself is unreachable, InfrastructureError propagates: the consumer rewinds
+the batch and backs off instead of flooding the retry topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import EventEnvelope, EventPayload
+from core import metrics
+from core.clock import Clock
+from core.logs import bind_log_context
+from core.outbox import add_to_outbox
+from core.pipeline import ledger
+from core.pipeline.errors import FailureKind, InfrastructureError, classify, describe
+from core.pipeline.handlers import HandlerContext, HandlerSpec
+from core.pipeline.records import DecodedEvent, Malformed, Record, decode
+from core.pipeline.routing import FailureRouter, due_after, retry_delay
+from core.uow import UnitOfWork
+
+logger = logging.getLogger("dianabot.pipeline")
+tracer = trace.get_tracer("dianabot.pipeline")
+
+
+@dataclass(frozen=True)
+class PipelineDeps:
+    """What every handler runner shares in one process."""
+
+    session_factory: async_sessionmaker[AsyncSession]
+    router: FailureRouter
+    clock: Clock
+    producer: str = "dianabot-jobs"
+    services: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchReport:
+    handled: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+
+    def add(self, other: BatchReport) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class HandlerRunner:
+    """Runs one handler over batches from one consumer group; `stage` 0 is the source topic."""
+
+    def __init__(self, spec: HandlerSpec[Any], group: str, deps: PipelineDeps, *, stage: int = 0) -> None:
+        self.spec = spec
+        self.group = group
+        self.deps = deps
+        self.stage = stage
+
+    async def process(self, records: Sequence[Record]) -> BatchReport:
+        started = time.perf_counter()
+        by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
+        for record in records:
+            by_partition[(record.topic, record.partition)].append(record)
+        reports = await asyncio.gather(*(self._process_partition(rs) for rs in by_partition.values()))
+        total = BatchReport()
+        for report in reports:
+            total.add(report)
+        metrics.BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
+        return total
+
+    async def _process_partition(self, records: list[Record]) -> BatchReport:
+        report = BatchReport()
+        events: list[DecodedEvent] = []
+        for record in records:
+            item = decode(record)
+            if isinstance(item, Malformed):
+                await self._dead_letter(record, reason=item.reason, attempts=0)
+                report.dead_lettered += 1
+            elif item.envelope.event_type in self.spec.event_types:
+                events.append(item)
+            else:
+                report.ignored += 1
+        if self.stage > 0:
+            # Retry stage: each record waits for its due time; its predecessors are due earlier.
+            for event in events:
+                if event.due_at is not None:
+                    await self.deps.clock.sleep_until(event.due_at)
+                report.add(await self._handle_alone(event))
+        elif len(events) > 1 and await self._handle_together(events, report):
+            pass
+        else:
+            for event in events:
+                report.add(await self._handle_alone(event))
+        self._count(report)
+        return report
+
+    async def _handle_together(self, events: list[DecodedEvent], report: BatchReport) -> bool:
+        """The fast path; False (with nothing committed) if any event failed."""
+        try:
+            async with UnitOfWork(self.deps.session_factory) as uow:
+                fresh = await ledger.claim(
+                    uow.session,
+                    self.spec.name,
+                    [(e.envelope.event_id, e.envelope.event_type) for e in events],
+                )
+                handled = duplicates = 0
+                for event in events:
+                    if event.envelope.event_id not in fresh:
+                        duplicates += 1
+                        continue
+                    fresh.discard(event.envelope.event_id)
+                    await self._call(event, uow)
+                    handled += 1
+                await uow.commit()
+        except Exception as error:
+            await self._raise_if_database_down(error)
+            logger.info(
+                "batch of %d fell back to one-by-one handling after %s",
+                len(events),
+                type(error).__name__,
+                extra={"handler": self.spec.name},
+            )
+            return False
+        report.handled += handled
+        report.duplicates += duplicates
+        return True
+
+    async def _handle_alone(self, event: DecodedEvent) -> BatchReport:
+        report = BatchReport()
+        try:
+            async with UnitOfWork(self.deps.session_factory) as uow:
+                fresh = await ledger.claim(
+                    uow.session, self.spec.name, [(event.envelope.event_id, event.envelope.event_type)]
+                )
+                if not fresh:
+                    report.duplicates += 1
+                    return report
+                await self._call(event, uow)
+                await uow.commit()
+            report.handled += 1
+        except Exception as error:
+            await self._raise_if_database_down(error)
+            await self._route_failure(event, error, report)
+        return report
+
+    async def _call(self, event: DecodedEvent, uow: UnitOfWork) -> None:
+        envelope, record = event.envelope, event.record
+        parent = propagate.extract({k: v.decode("utf-8", "replace") for k, v in record.headers})
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": record.topic,
+            "messaging.kafka.destination.partition": record.partition,
+            "messaging.kafka.message.offset": record.offset,
+            "messaging.consumer.group.name": self.group,
+            "dianabot.event_id": str(envelope.event_id),
+            "dianabot.event_type": envelope.event_type,
+            "dianabot.handler": self.spec.name,
+            "dianabot.attempt": event.attempt,
+        }
+        ctx = HandlerContext(
+            session=uow.session,
+            envelope=envelope,
+            clock=self.deps.clock,
+            emit=self._emitter(uow.session, envelope),
+            attempt=event.attempt,
+            services=self.deps.services,
+        )
+        started = time.perf_counter()
+        with (
+            tracer.start_as_current_span(
+                self.spec.name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            ) as span,
+            bind_log_context(
+                event_id=str(envelope.event_id), event_type=envelope.event_type, handler=self.spec.name
+            ),
+        ):
+            try:
+                async with asyncio.timeout(self.spec.timeout_s):
+                    await self.spec.func(event.payload, ctx)
+            except Exception as error:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                raise
+            finally:
+                metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
+
+    def _emitter(self, session: AsyncSession, cause: EventEnvelope) -> Any:
+        async def emit(payload: EventPayload) -> EventEnvelope:
+            return await add_to_outbox(session, payload, producer=self.deps.producer, caused_by=cause)
+
+        return emit
+
+    async def _route_failure(self, event: DecodedEvent, error: BaseException, report: BatchReport) -> None:
+        kind = classify(error)
+        attempt = event.attempt + 1
+        metrics.FAILURES.labels(self.spec.name, type(error).__name__).inc()
+        with bind_log_context(event_id=str(event.envelope.event_id), handler=self.spec.name):
+            if kind is FailureKind.TRANSIENT and attempt <= len(self.spec.retry_delays_s):
+                delay = retry_delay(self.spec.retry_delays_s, attempt, self.spec.retry_jitter)
+                due = due_after(self.deps.clock.now(), delay)
+                logger.warning(
+                    "handler failed (%s: %s); retry %d in %.1fs",
+                    type(error).__name__,
+                    describe(error, 200),
+                    attempt,
+                    delay,
+                )
+                await self._publish(
+                    self.deps.router.to_retry(
+                        event.record,
+                        topic=self.spec.retry_topic(self.group, attempt),
+                        attempt=attempt,
+                        due_at=due,
+                        error=error,
+                    )
+                )
+                report.retried += 1
+                return
+            reason = f"{kind.value}: {type(error).__name__}" + (
+                " (retries exhausted)" if kind is FailureKind.TRANSIENT else ""
+            )
+            logger.error("handler failed (%s: %s); dead-lettered", type(error).__name__, describe(error, 200))
+            await self._dead_letter(event.record, reason=reason, attempts=attempt, error=error)
+            report.dead_lettered += 1
+
+    async def _dead_letter(
+        self, record: Record, *, reason: str, attempts: int, error: BaseException | None = None
+    ) -> None:
+        if error is None:
+            logger.error(
+                "dead-lettered: %s", reason, extra={"handler": self.spec.name, "offset": record.offset}
+            )
+        await self._publish(
+            self.deps.router.to_dead_letters(
+                record,
+                handler=self.spec.name,
+                reason=reason,
+                attempts=attempts,
+                failed_at=self.deps.clock.now(),
+                error=error,
+            )
+        )
+
+    @staticmethod
+    async def _publish(publishing: Any) -> None:
+        try:
+            await publishing
+        except Exception as error:
+            # Not committing the source offset is what keeps the event: the batch is re-read.
+            raise InfrastructureError(f"could not publish to Kafka: {type(error).__name__}") from error
+
+    async def _raise_if_database_down(self, error: BaseException) -> None:
+        """Tell an outage of the database apart from a failure of this one event."""
+        if not isinstance(error, SQLAlchemyError | OSError):
+            return
+        try:
+            async with self.deps.session_factory() as session:
+                await asyncio.wait_for(session.execute(text("SELECT 1")), timeout=5)
+        except Exception as probe_error:
+            raise InfrastructureError(f"database unreachable: {type(probe_error).__name__}") from error
+
+    def _count(self, report: BatchReport) -> None:
+        for outcome, count in vars(report).items():
+            if count:
+                metrics.EVENTS.labels(self.spec.name, outcome).inc(count)

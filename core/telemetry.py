@@ -1,0 +1,48 @@
+"""OpenTelemetry tracing: one trace from a bot's publish through Kafka, the handler and its SQL.
+
+FastStream's Kafka middleware propagates the trace context in record headers; the pipeline opens
+each handler's span as a child of it; SQLAlchemy and aiohttp instrumentation add the SQL and
+HTTP (Telegram) spans beneath. Spans are exported over OTLP/HTTP when an endpoint is configured,
+and not at all otherwise.
+"""
+
+from __future__ import annotations
+
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.settings import TelemetrySettings
+
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(settings: TelemetrySettings, *extra_processors: SpanProcessor) -> TracerProvider:
+    """Install the process-wide tracer provider once; later calls return the same provider."""
+    global _provider
+    if _provider is None:
+        _provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+        if settings.otlp_endpoint:
+            _provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
+            )
+        trace.set_tracer_provider(_provider)
+        AioHttpClientInstrumentor().instrument(tracer_provider=_provider)
+    for processor in extra_processors:
+        _provider.add_span_processor(processor)
+    return _provider
+
+
+def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
+    # Statement text is recorded, bound parameters are not: they may carry user data.
+    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=provider)
+
+
+def kafka_middleware(provider: TracerProvider) -> KafkaTelemetryMiddleware:
+    return KafkaTelemetryMiddleware(tracer_provider=provider)
