@@ -29,7 +29,7 @@ from core.pipeline.runner import PipelineDeps
 from core.publisher import EventPublisher
 from core.runtime import Resources, build_resources, resources_lifespan, settings_or_exit
 from core.settings import Settings
-from core.telemetry import instrument_engine, kafka_middleware, setup_tracing
+from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 
 logger = logging.getLogger("dianabot.consumers")
 PRODUCER = "dianabot-jobs"
@@ -81,7 +81,7 @@ def build_consumers(
     resources = build_resources(settings)
     instrument_engine(resources.engine, provider)
     broker = create_broker(
-        settings.kafka, logger=logging.getLogger("dianabot.broker"), middlewares=(kafka_middleware(provider),)
+        settings.kafka, logger=logging.getLogger("dianabot.broker"), middlewares=kafka_middlewares(provider)
     )
     deps = PipelineDeps(
         session_factory=resources.session_factory,

@@ -55,9 +55,9 @@ async def add_to_outbox(
     """Add an event to the caller's transaction; it is relayed once (and only if) that commits.
 
     Async so callers ``await`` it like any other database step; it only adds the row to the
-    session and does not flush or commit. ``topic`` overrides the registry's ``topic_for(payload)`` (custom
-    routing, tests). The current OpenTelemetry context is stored with the row, so the trace
-    continues from the relay's publish. A repeated ``event_id`` fails the transaction on flush.
+    session and does not flush or commit. ``topic`` overrides the registry's ``topic_for(payload)``
+    (custom routing, tests). The current OpenTelemetry context is stored with the row, so the
+    trace continues from the relay's publish. A repeated ``event_id`` fails the transaction on flush.
     """
     envelope = EventEnvelope.wrap(payload, producer=producer, caused_by=caused_by, event_id=event_id)
     trace_headers: dict[str, str] = {}
@@ -77,6 +77,8 @@ async def add_to_outbox(
 
 class OutboxRelay:
     """Publishes unpublished outbox rows in id order; ``run`` keeps one relay publishing across processes.
+
+    Delivery is at least once (see the module docstring): rows are marked only after Kafka's ack.
 
     ``topics`` restricts a relay to some topics (e.g. a separate relay for critical topics, with
     its own ``lock_key``); by default it relays every row.
@@ -197,6 +199,7 @@ class OutboxRelay:
         a backoff; the loop only ends when ``stop`` is set (or the task is cancelled).
         """
         backoff = _Backoff(self._max_backoff_s)
+        standby_logged = False
         while not stop.is_set():
             try:
                 lock = await self._try_lock()
@@ -207,9 +210,13 @@ class OutboxRelay:
                 await _sleep(stop, backoff.next())
                 continue
             if lock is None:
+                if not standby_logged:
+                    logger.info("outbox relay on standby: another relay holds lock %s", self._lock_key)
+                    standby_logged = True
                 await _sleep(stop, self._standby_retry_s)
                 continue
             backoff.reset()
+            standby_logged = False
             logger.info("outbox relay is publishing (advisory lock %s taken)", self._lock_key)
             try:
                 await self._lead(lock, stop)

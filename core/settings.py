@@ -106,6 +106,9 @@ class TelemetrySettings(_Section):
         None,
         description="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces; unset = no export.",
     )
+    trace_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces recorded (a sampled parent is always followed)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
     log_json: bool = Field(True, description="JSON log lines (set false for human-readable lines).")
 

@@ -16,6 +16,7 @@ from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.settings import TelemetrySettings
@@ -23,11 +24,21 @@ from core.settings import TelemetrySettings
 _provider: TracerProvider | None = None
 
 
-def setup_tracing(settings: TelemetrySettings, *extra_processors: SpanProcessor) -> TracerProvider:
-    """Install the process-wide tracer provider once; later calls return the same provider."""
+def setup_tracing(settings: TelemetrySettings, *extra_processors: SpanProcessor) -> TracerProvider | None:
+    """Install the process-wide tracer provider once; later calls return the same provider.
+
+    With no OTLP endpoint (and no extra processor, as tests add) nothing is installed: spans stay
+    OpenTelemetry's no-op spans, so an untraced deployment pays nothing per event or per SQL
+    statement, while an incoming trace context still reaches the logs.
+    """
     global _provider
     if _provider is None:
-        _provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+        if not settings.otlp_endpoint and not extra_processors:
+            return None
+        sampler = ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
+        _provider = TracerProvider(
+            resource=Resource.create({"service.name": settings.service_name}), sampler=sampler
+        )
         if settings.otlp_endpoint:
             _provider.add_span_processor(
                 BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
@@ -39,10 +50,13 @@ def setup_tracing(settings: TelemetrySettings, *extra_processors: SpanProcessor)
     return _provider
 
 
-def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
+def instrument_engine(engine: AsyncEngine, provider: TracerProvider | None) -> None:
+    if provider is None:
+        return
     # Statement text is recorded, bound parameters are not: they may carry user data.
     SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=provider)
 
 
-def kafka_middleware(provider: TracerProvider) -> KafkaTelemetryMiddleware:
-    return KafkaTelemetryMiddleware(tracer_provider=provider)
+def kafka_middlewares(provider: TracerProvider | None) -> tuple[KafkaTelemetryMiddleware, ...]:
+    """FastStream's telemetry middleware: publish spans and trace context in record headers."""
+    return () if provider is None else (KafkaTelemetryMiddleware(tracer_provider=provider),)

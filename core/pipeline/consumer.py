@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -21,6 +21,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
+from contracts.schema import DocumentedAs, record_type, topic_record_type
 from contracts.topics import TOPICS, TopicSpec
 from core import metrics
 from core.pipeline.handlers import HandlerSpec
@@ -125,6 +126,24 @@ def _register(
     async def handle(body: list[bytes], message: KafkaMessage) -> None:
         await consumer.consume(message)
 
+    # AsyncAPI: FastStream documents a subscriber's message by the body's annotation. Validation
+    # stays list[bytes]; DocumentedAs only replaces the documented schema with one record's: the
+    # envelope(s) this handler takes. Set as an object: a string annotation naming a local of this
+    # function would not resolve once FastStream builds the handler's model.
+    handle.__annotations__["body"] = Annotated[list[bytes], DocumentedAs(record_type(spec.events))]
+    # AsyncAPI: every registry topic and the events it carries, once per router, as
+    # specification-only publishers (the outbox relay and the failure router publish to them).
+    documented = {getattr(publisher, "topic", None) for publisher in router.publishers}
+    for topic_spec in TOPICS:
+        if topic_spec.name not in documented:
+            router.publisher(
+                topic_spec.name,
+                description=f"{topic_spec.description} Partitions: {topic_spec.partitions}; "
+                f"key: {topic_spec.key}; critical: {'yes' if topic_spec.critical else 'no'}.",
+                schema=topic_record_type(topic_spec),
+                include_in_schema=True,
+            )
+
     router.subscriber(
         topic,
         group_id=group,
@@ -137,7 +156,9 @@ def _register(
         parser=tolerant_parser,
         decoder=raw_bodies,
         title=f"{topic}:{group}",
-        description=f"{spec.name} handles {event_types}",
+        description=f"Consumer group {group}: {spec.name} handles {event_types}. Batches of up to "
+        f"{spec.batch_size} records; each record's value is one event envelope (JSON), its key the "
+        "aggregate id.",
         **options,
     )(handle)
 

@@ -11,11 +11,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import delete, select, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import ProcessedEvent
+
+# One statement shape for any batch size: compiled and prepared once, one round trip per batch.
+_CLAIM = text(
+    """
+    INSERT INTO processed_events (consumer, event_id, event_type)
+    SELECT :consumer, e.event_id, e.event_type
+    FROM unnest(CAST(:event_ids AS uuid[]), CAST(:event_types AS text[])) AS e(event_id, event_type)
+    ON CONFLICT (consumer, event_id) DO NOTHING
+    RETURNING event_id
+    """
+)
 
 
 async def claim(session: AsyncSession, consumer: str, events: Sequence[tuple[UUID, str]]) -> set[UUID]:
@@ -23,13 +33,9 @@ async def claim(session: AsyncSession, consumer: str, events: Sequence[tuple[UUI
     if not events:
         return set()
     unique = dict(events)  # one row per id even if a batch carries a duplicate
-    statement = (
-        insert(ProcessedEvent)
-        .values([{"consumer": consumer, "event_id": i, "event_type": t} for i, t in unique.items()])
-        .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-        .returning(ProcessedEvent.event_id)
+    result = await session.execute(
+        _CLAIM, {"consumer": consumer, "event_ids": list(unique), "event_types": list(unique.values())}
     )
-    result = await session.execute(statement)
     return set(result.scalars())
 
 

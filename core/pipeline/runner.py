@@ -1,10 +1,10 @@
 """Processing a batch of records for one handler: the heart of the pipeline.
 
-Per partition, in order (partitions run concurrently):
+For a batch (records grouped by partition, each partition in offset order):
 1. decode; malformed records go to the dead-letter topic with the reason;
 2. events of other types on the topic are ignored;
-3. fast path: one transaction claims the ledger rows of the whole batch and runs the handler for
-   each new event; it commits once. Duplicates (already in the ledger) are skipped;
+3. fast path: one transaction claims the ledger rows of the whole batch, runs the handler for
+   each new event and commits once, as a hand-written batch loop would. Duplicates are skipped;
 4. if anything in the fast path fails, the transaction is rolled back and the events are handled
    one by one, each in its own transaction, so one bad event fails alone;
 5. a failed event goes to its next retry topic (transient) or to the dead letters (permanent, or
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -36,13 +37,18 @@ from core.logs import bind_log_context
 from core.outbox import add_to_outbox
 from core.pipeline import ledger
 from core.pipeline.errors import FailureKind, InfrastructureError, classify, describe
-from core.pipeline.handlers import HandlerContext, HandlerSpec
+from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerSpec
 from core.pipeline.records import DecodedEvent, Malformed, Record, decode
 from core.pipeline.routing import FailureRouter, due_after, retry_delay
 from core.uow import UnitOfWork
 
 logger = logging.getLogger("dianabot.pipeline")
 tracer = trace.get_tracer("dianabot.pipeline")
+
+
+def _trace_parent(record: Record) -> Context:
+    """The producer's trace context, carried in the record's headers by the telemetry middleware."""
+    return propagate.extract({k: bytes(v).decode("utf-8", "replace") for k, v in record.headers})
 
 
 @dataclass(frozen=True)
@@ -80,18 +86,27 @@ class HandlerRunner:
 
     async def process(self, records: Sequence[Record]) -> BatchReport:
         started = time.perf_counter()
-        by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
-        for record in records:
-            by_partition[(record.topic, record.partition)].append(record)
-        reports = await asyncio.gather(*(self._process_partition(rs) for rs in by_partition.values()))
-        total = BatchReport()
-        for report in reports:
-            total.add(report)
-        metrics.BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
-        return total
-
-    async def _process_partition(self, records: list[Record]) -> BatchReport:
         report = BatchReport()
+        events = await self._decode(records, report)
+        if self.stage > 0:
+            # Retry stage: records wait for their due time, each partition on its own so one
+            # partition's wait never holds up another's due records.
+            by_partition: dict[tuple[str, int], list[DecodedEvent]] = defaultdict(list)
+            for event in events:
+                by_partition[(event.record.topic, event.record.partition)].append(event)
+            for partial in await asyncio.gather(*(self._handle_when_due(es) for es in by_partition.values())):
+                report.add(partial)
+        elif len(events) > 1 and await self._handle_together(events, report):
+            pass
+        else:
+            # Records arrive grouped by partition in offset order, so this keeps per-key order.
+            for event in events:
+                report.add(await self._handle_alone(event))
+        self._count(report)
+        metrics.BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
+        return report
+
+    async def _decode(self, records: Sequence[Record], report: BatchReport) -> list[DecodedEvent]:
         events: list[DecodedEvent] = []
         for record in records:
             item = decode(record)
@@ -102,18 +117,14 @@ class HandlerRunner:
                 events.append(item)
             else:
                 report.ignored += 1
-        if self.stage > 0:
-            # Retry stage: each record waits for its due time; its predecessors are due earlier.
-            for event in events:
-                if event.due_at is not None:
-                    await self.deps.clock.sleep_until(event.due_at)
-                report.add(await self._handle_alone(event))
-        elif len(events) > 1 and await self._handle_together(events, report):
-            pass
-        else:
-            for event in events:
-                report.add(await self._handle_alone(event))
-        self._count(report)
+        return events
+
+    async def _handle_when_due(self, events: list[DecodedEvent]) -> BatchReport:
+        report = BatchReport()
+        for event in events:
+            if event.due_at is not None:
+                await self.deps.clock.sleep_until(event.due_at)
+            report.add(await self._handle_alone(event))
         return report
 
     async def _handle_together(self, events: list[DecodedEvent], report: BatchReport) -> bool:
@@ -125,14 +136,12 @@ class HandlerRunner:
                     self.spec.name,
                     [(e.envelope.event_id, e.envelope.event_type) for e in events],
                 )
-                handled = duplicates = 0
+                new_events = []
                 for event in events:
-                    if event.envelope.event_id not in fresh:
-                        duplicates += 1
-                        continue
-                    fresh.discard(event.envelope.event_id)
-                    await self._call(event, uow)
-                    handled += 1
+                    if event.envelope.event_id in fresh:
+                        fresh.discard(event.envelope.event_id)  # a second copy in the batch is a duplicate
+                        new_events.append(event)
+                await self._call_all(new_events, uow)
                 await uow.commit()
         except Exception as error:
             await self._raise_if_database_down(error)
@@ -143,8 +152,8 @@ class HandlerRunner:
                 extra={"handler": self.spec.name},
             )
             return False
-        report.handled += handled
-        report.duplicates += duplicates
+        report.handled += len(new_events)
+        report.duplicates += len(events) - len(new_events)
         return True
 
     async def _handle_alone(self, event: DecodedEvent) -> BatchReport:
@@ -157,7 +166,7 @@ class HandlerRunner:
                 if not fresh:
                     report.duplicates += 1
                     return report
-                await self._call(event, uow)
+                await self._call_all([event], uow)
                 await uow.commit()
             report.handled += 1
         except Exception as error:
@@ -165,9 +174,54 @@ class HandlerRunner:
             await self._route_failure(event, error, report)
         return report
 
+    async def _call_all(self, events: list[DecodedEvent], uow: UnitOfWork) -> None:
+        if not events:
+            return
+        if self.spec.batch:
+            await self._call_batch(events, uow)
+        else:
+            for event in events:
+                await self._call(event, uow)
+
+    async def _call_batch(self, events: list[DecodedEvent], uow: UnitOfWork) -> None:
+        links = [Link(trace.get_current_span(_trace_parent(e.record)).get_span_context()) for e in events]
+        ctx = BatchContext(
+            session=uow.session,
+            clock=self.deps.clock,
+            emit=self._batch_emitter(uow.session),
+            services=self.deps.services,
+        )
+        deliveries = [Delivery(e.payload, e.envelope, e.attempt) for e in events]
+        attributes: dict[str, str | int] = {
+            "dianabot.handler": self.spec.name,
+            "dianabot.batch_size": len(events),
+        }
+        started = time.perf_counter()
+        with (
+            tracer.start_as_current_span(
+                self.spec.name, kind=SpanKind.CONSUMER, links=links, attributes=attributes
+            ) as span,
+            bind_log_context(handler=self.spec.name, batch_size=len(events)),
+        ):
+            try:
+                async with asyncio.timeout(self.spec.timeout_s):
+                    await self.spec.func(deliveries, ctx)
+            except Exception as error:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                raise
+            finally:
+                metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
+
+    def _batch_emitter(self, session: AsyncSession) -> Any:
+        async def emit(payload: EventPayload, caused_by: EventEnvelope) -> EventEnvelope:
+            return await add_to_outbox(session, payload, producer=self.deps.producer, caused_by=caused_by)
+
+        return emit
+
     async def _call(self, event: DecodedEvent, uow: UnitOfWork) -> None:
         envelope, record = event.envelope, event.record
-        parent = propagate.extract({k: v.decode("utf-8", "replace") for k, v in record.headers})
+        parent = _trace_parent(record)
         attributes = {
             "messaging.system": "kafka",
             "messaging.destination.name": record.topic,

@@ -16,7 +16,7 @@ from core.kafka import create_broker
 from core.pipeline.handlers import HandlerContext, HandlerGroup
 from core.publisher import EventPublisher
 from core.settings import Settings
-from core.telemetry import kafka_middleware, setup_tracing
+from core.telemetry import kafka_middlewares, setup_tracing
 from tests.integration.pipeline_support import (
     ensure_effects_table,
     record_effect,
@@ -39,7 +39,7 @@ async def test_one_trace_from_publish_to_the_handlers_sql(
     async def traced(event: UserActivity, ctx: HandlerContext) -> None:
         await record_effect(ctx, group.specs[0].name, ctx.envelope.key, 0)
 
-    bot_broker = create_broker(kafka.kafka, middlewares=(kafka_middleware(provider),))
+    bot_broker = create_broker(kafka.kafka, middlewares=kafka_middlewares(provider))
     async with running_consumers(kafka, [group]), bot_broker:
         await bot_broker.connect()
         publisher = EventPublisher(bot_broker, "bot")
