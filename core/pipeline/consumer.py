@@ -1,7 +1,8 @@
 """FastStream wiring: every handler becomes batch consumers with manual commits.
 
 For each handler and each topic lane it listens to, one consumer group reads the source topic,
-and one more consumer per retry topic (same group name, ``.retry.{n}`` topics). Offsets are
+and one more group per retry topic (``{group}.retry.{n}``, named like its topic: separate groups,
+so a retry consumer joining or leaving never rebalances the main one). Offsets are
 committed (``message.ack()``) only after the batch's effects are committed and its failures are
 durably re-published; an infrastructure failure rewinds the batch (``message.nack()``) and backs off.
 """
@@ -100,15 +101,20 @@ def subscribe_handler(
     declarations: list[TopicDeclaration] = []
     for topic in spec.topics:
         group = spec.group_for(topic)
-        stages = [(0, topic.name, 5 * 60 * 1000)]
+        stages = [(0, topic.name, group, 5 * 60 * 1000)]
         for attempt, delay in enumerate(spec.retry_delays_s, start=1):
             retry_topic = spec.retry_topic(group, attempt)
             declarations.append(TopicDeclaration(retry_topic, topic.partitions, topic.retention_ms))
             # A retry consumer sleeps until the head record is due: the poll interval must outlast it.
-            stages.append((attempt, retry_topic, int((delay * (1 + spec.retry_jitter) + 300) * 1000)))
-        for stage, topic_name, poll_interval_ms in stages:
+            stages.append(
+                (attempt, retry_topic, retry_topic, int((delay * (1 + spec.retry_jitter) + 300) * 1000))
+            )
+        for stage, topic_name, group_id, poll_interval_ms in stages:
             consumer = BatchConsumer(HandlerRunner(spec, group, deps, stage=stage))
-            _register(router, consumer, topic_name, group, spec, poll_interval_ms, consumer_options)
+            # FastStream sleeps batch_timeout_ms again after an empty poll: short on the source topic
+            # (it bounds the latency of the first event after a quiet spell), long on retry topics.
+            options = {"batch_timeout_ms": 10 if stage == 0 else 500, **consumer_options}
+            _register(router, consumer, topic_name, group_id, spec, poll_interval_ms, options)
     return declarations
 
 
@@ -149,7 +155,6 @@ def _register(
         group_id=group,
         batch=True,
         max_records=spec.batch_size,
-        batch_timeout_ms=20,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         max_poll_interval_ms=poll_ms,
