@@ -25,7 +25,9 @@ async def test_claim_returns_only_new_ids_even_with_duplicates_in_the_batch(
         assert await ledger.claim(session, consumer + ".other", [(a, "x")]) == {a}
 
 
-async def test_purge_deletes_old_rows_in_bounded_batches(session_factory: async_sessionmaker[AsyncSession]) -> None:
+async def test_purge_deletes_old_rows_in_bounded_batches(
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
     consumer = f"test.purge.{uuid.uuid4().hex[:8]}"
     old = [(uuid.uuid4(), "x") for _ in range(25)]
     recent = [(uuid.uuid4(), "x") for _ in range(5)]
