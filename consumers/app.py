@@ -22,7 +22,13 @@ from consumers.registry import HANDLER_GROUPS
 from core.clock import Clock, SystemClock
 from core.kafka import admin_client, create_broker
 from core.outbox import OutboxRelay
-from core.pipeline.consumer import TopicDeclaration, declare_topics, subscribe_handler, topic_declarations
+from core.pipeline.consumer import (
+    TopicDeclaration,
+    declare_topics,
+    document_topics,
+    subscribe_handler,
+    topic_declarations,
+)
 from core.pipeline.handlers import HandlerGroup
 from core.pipeline.routing import FailureRouter
 from core.pipeline.runner import PipelineDeps
@@ -103,6 +109,7 @@ def build_consumers(
                 heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
             )
             names.append(spec.name)
+    document_topics(router)
     broker.include_router(router)
     relay = OutboxRelay(resources.session_factory, EventPublisher(broker, PRODUCER))
     return Consumers(settings, resources, broker, relay, declarations, names)

@@ -137,19 +137,6 @@ def _register(
     # envelope(s) this handler takes. Set as an object: a string annotation naming a local of this
     # function would not resolve once FastStream builds the handler's model.
     handle.__annotations__["body"] = Annotated[list[bytes], DocumentedAs(record_type(spec.events))]
-    # AsyncAPI: every registry topic and the events it carries, once per router, as
-    # specification-only publishers (the outbox relay and the failure router publish to them).
-    documented = {getattr(publisher, "topic", None) for publisher in router.publishers}
-    for topic_spec in TOPICS:
-        if topic_spec.name not in documented:
-            router.publisher(
-                topic_spec.name,
-                description=f"{topic_spec.description} Partitions: {topic_spec.partitions}; "
-                f"key: {topic_spec.key}; critical: {'yes' if topic_spec.critical else 'no'}.",
-                schema=topic_record_type(topic_spec),
-                include_in_schema=True,
-            )
-
     router.subscriber(
         topic,
         group_id=group,
@@ -166,6 +153,19 @@ def _register(
         "aggregate id.",
         **options,
     )(handle)
+
+
+def document_topics(router: KafkaRouter, topics: Iterable[TopicSpec] = TOPICS) -> None:
+    """AsyncAPI: every registry topic and the events it carries, as specification-only publishers
+    (the outbox relay and the failure router are what actually publish to them)."""
+    for topic in topics:
+        router.publisher(
+            topic.name,
+            description=f"{topic.description} Partitions: {topic.partitions}; "
+            f"key: {topic.key}; critical: {'yes' if topic.critical else 'no'}.",
+            schema=topic_record_type(topic),
+            include_in_schema=True,
+        )
 
 
 def topic_declarations(specs: Iterable[TopicSpec] = TOPICS) -> list[TopicDeclaration]:
