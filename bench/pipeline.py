@@ -4,11 +4,13 @@ Both sides do the same durable work per event: claim the event id in the process
 and insert an effect row, in one transaction per batch, then commit the Kafka offsets.
 
 1. Throughput: N events are published first, then each side drains its own copy of the topic;
-   events/s = N / (time from the first record read to the last effect committed).
+   events/s = N / (time from the first effect written to the last).
 2. Latency at a fixed rate: events are published at RATE/s for SECONDS while the consumer runs;
-   latency = when the effect row became visible (committed) - when the event was published.
+   latency = when the effect's transaction committed (PostgreSQL commit timestamp) - when the
+   event was published.
 
-Prints one JSON object. Run: `make bench` (or `python -m bench.pipeline --events 20000`).
+Each consumer runs in its own process; this one publishes and watches. Prints one JSON object.
+Run: `make bench` (or `python -m bench.pipeline --events 20000`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -194,29 +198,21 @@ async def _wait_for(
     return time.perf_counter()
 
 
-async def _watch_latency(
-    session_factory: async_sessionmaker[AsyncSession], side: str, count: int, within: float
-) -> list[float]:
-    """Poll for newly committed effect rows; latency = time first seen - publish time."""
-    latencies: list[float] = []
-    last_id = 0
-    deadline = time.perf_counter() + within
-    while len(latencies) < count and time.perf_counter() < deadline:
-        async with session_factory() as session:
-            rows = (
-                await session.execute(
-                    text(
-                        "SELECT id, published_ms FROM bench.effects WHERE side = :s AND id > :i ORDER BY id"
-                    ),
-                    {"s": side, "i": last_id},
-                )
-            ).all()
-        seen_ms = time.time() * 1000
-        for row_id, published_ms in rows:
-            latencies.append(seen_ms - published_ms)
-            last_id = max(last_id, row_id)
-        await asyncio.sleep(0.002)
-    return latencies
+async def _commit_latencies(session_factory: async_sessionmaker[AsyncSession], side: str) -> list[float]:
+    """Per effect: when its transaction committed (PostgreSQL's commit timestamp) - when published.
+
+    Needs `track_commit_timestamp = on` (devstack/postgres/pg.sh sets it): no watcher process,
+    no polling error, the same clock as the publisher.
+    """
+    async with session_factory() as session:
+        rows = await session.execute(
+            text(
+                "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000 - published_ms "
+                "FROM bench.effects WHERE side = :s"
+            ),
+            {"s": side},
+        )
+        return [float(latency) for (latency,) in rows]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -256,10 +252,10 @@ async def measure(
         stop_consumer = await start_consumer(topic, side + ".latency")
         await asyncio.sleep(3)  # joined and idle before the clock starts
         paced = int(rate * seconds)
-        watcher = asyncio.create_task(_watch_latency(session_factory, side + ".latency", paced, seconds + 60))
         await _publish(producer, topic, paced, rate=rate)
-        latencies = await watcher
+        await _wait_for(session_factory, side + ".latency", paced, within=120)
         await stop_consumer()
+        latencies = await _commit_latencies(session_factory, side + ".latency")
     finally:
         await producer.stop()
     return {
@@ -272,6 +268,61 @@ async def measure(
     }
 
 
+async def run_consumer(kind: str, topic: str, side: str) -> None:
+    """The consumer side alone, in its own process, until SIGTERM: so the publisher and the
+    latency watcher never compete with it for one event loop."""
+    settings = load_settings()
+    configure_logging("WARNING", json_lines=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if kind == "baseline":
+        engine = create_engine(settings.database)
+        task = asyncio.create_task(
+            baseline_consume(settings, create_session_factory(engine), topic, side, stop)
+        )
+        print("ready", flush=True)
+        await task
+        await engine.dispose()
+        return
+    spec = TopicSpec(name=topic, partitions=PARTITIONS, key="user")
+    consumers = build_consumers(
+        settings, groups=[pipeline_group(spec, side.replace(".", "_"), side, kind == "batch")]
+    )
+    await consumers.declare_topics()
+    await consumers.broker.start()
+    print("ready", flush=True)
+    await stop.wait()
+    await consumers.broker.stop()
+    await consumers.resources.engine.dispose()
+
+
+def consumer_process(kind: str) -> Runner:
+    async def start(topic: str, side: str) -> Callable[[], Awaitable[None]]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.pipeline",
+            "--consume",
+            kind,
+            "--topic",
+            topic,
+            "--side",
+            side,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        await process.stdout.readline()  # "ready"
+
+        async def halt() -> None:
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+
+        return halt
+
+    return start
+
+
 async def main(events: int, rate: float, seconds: float) -> dict[str, Any]:
     settings = load_settings()
     configure_logging("WARNING", json_lines=True)
@@ -281,52 +332,21 @@ async def main(events: int, rate: float, seconds: float) -> dict[str, Any]:
         for statement in EFFECTS_DDL:
             await connection.execute(text(statement))
     run = uuid.uuid4().hex[:6]
-
-    async def start_baseline(topic: str, side: str) -> Callable[[], Awaitable[None]]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(baseline_consume(settings, session_factory, topic, side, stop))
-
-        async def halt() -> None:
-            stop.set()
-            await task
-
-        return halt
-
-    def pipeline_starter(batch: bool) -> Runner:
-        async def start_pipeline(topic: str, side: str) -> Callable[[], Awaitable[None]]:
-            spec = TopicSpec(name=topic, partitions=PARTITIONS, key="user")
-            group = pipeline_group(spec, side.replace(".", "_"), side, batch)
-            consumers = build_consumers(settings, groups=[group])
-            await consumers.declare_topics()
-            await consumers.broker.start()
-
-            async def halt() -> None:
-                await consumers.broker.stop()
-                await consumers.resources.engine.dispose()
-
-            return halt
-
-        return start_pipeline
-
+    results: dict[str, dict[str, Any]] = {}
     try:
-        baseline = await measure(
-            settings, session_factory, start_baseline, f"baseline{run}", events, rate, seconds
-        )
-        batched = await measure(
-            settings, session_factory, pipeline_starter(True), f"pipelinebatch{run}", events, rate, seconds
-        )
-        per_event = await measure(
-            settings, session_factory, pipeline_starter(False), f"pipelineevent{run}", events, rate, seconds
-        )
+        for kind in ("baseline", "batch", "event"):
+            results[kind] = await measure(
+                settings, session_factory, consumer_process(kind), f"{kind}{run}", events, rate, seconds
+            )
     finally:
         await engine.dispose()
-    base = baseline["throughput_events_per_s"]
+    base = results["baseline"]["throughput_events_per_s"]
     return {
-        "baseline_aiokafka_loop": baseline,
-        "pipeline_batch_handler": batched,
-        "pipeline_per_event_handler": per_event,
-        "throughput_ratio": round(batched["throughput_events_per_s"] / base, 3),
-        "throughput_ratio_per_event_handler": round(per_event["throughput_events_per_s"] / base, 3),
+        "baseline_aiokafka_loop": results["baseline"],
+        "pipeline_batch_handler": results["batch"],
+        "pipeline_per_event_handler": results["event"],
+        "throughput_ratio": round(results["batch"]["throughput_events_per_s"] / base, 3),
+        "throughput_ratio_per_event_handler": round(results["event"]["throughput_events_per_s"] / base, 3),
         "targets": {
             "throughput_ratio": 0.8,
             "throughput_events_per_s": 5000,
@@ -340,5 +360,11 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=20_000, help="backlog size for the throughput phase")
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s in the latency phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    parser.add_argument("--consume", choices=["baseline", "batch", "event"], help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.events, args.rate, args.seconds)), indent=2))
+    if args.consume:
+        asyncio.run(run_consumer(args.consume, args.topic, args.side))
+    else:
+        print(json.dumps(asyncio.run(main(args.events, args.rate, args.seconds)), indent=2))

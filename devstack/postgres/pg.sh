@@ -175,6 +175,8 @@ write_settings() {
     echo "unix_socket_permissions = 0700"
     echo "max_connections = 200"
     echo "password_encryption = 'scram-sha-256'"
+    # Commit times per row (pg_xact_commit_timestamp), for the pipeline benchmark's latency.
+    echo "track_commit_timestamp = on"
     if [[ "$PG_FAST" == 1 ]]; then
       echo "# PG_FAST=1: trade crash safety for speed (test data only)"
       echo "fsync = off"
