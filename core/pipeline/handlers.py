@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,7 +30,14 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_DELAYS_S: tuple[float, ...] = (10.0, 60.0, 600.0)
 APP = "dianabot"
 
-Emitter = Callable[[EventPayload], Awaitable[EventEnvelope]]
+
+class Emitter(Protocol):
+    """Writes an event to the outbox in the handler's transaction; pass `event_id` for an event
+    whose id must be deterministic (e.g. one reminder per subscription cycle, ever)."""
+
+    def __call__(
+        self, payload: EventPayload, *, event_id: UUID | None = None
+    ) -> Awaitable[EventEnvelope]: ...
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -261,8 +262,10 @@ class HandlerRunner:
                 metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
 
     def _emitter(self, session: AsyncSession, cause: EventEnvelope) -> Any:
-        async def emit(payload: EventPayload) -> EventEnvelope:
-            return await add_to_outbox(session, payload, producer=self.deps.producer, caused_by=cause)
+        async def emit(payload: EventPayload, *, event_id: UUID | None = None) -> EventEnvelope:
+            return await add_to_outbox(
+                session, payload, producer=self.deps.producer, caused_by=cause, event_id=event_id
+            )
 
         return emit
 
