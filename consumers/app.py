@@ -20,7 +20,9 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 
 from consumers.registry import HANDLER_GROUPS
 from core.clock import Clock, SystemClock
+from core.health import HealthServer, HealthServerError, broker_check, database_check
 from core.kafka import admin_client, create_broker
+from core.lag import lag_metrics_updater
 from core.outbox import OutboxRelay
 from core.pipeline.consumer import (
     TopicDeclaration,
@@ -33,7 +35,7 @@ from core.pipeline.handlers import HandlerGroup
 from core.pipeline.routing import FailureRouter
 from core.pipeline.runner import PipelineDeps
 from core.publisher import EventPublisher
-from core.runtime import Resources, build_resources, resources_lifespan, settings_or_exit
+from core.runtime import Resources, build_resources, exit_with_one_line, resources_lifespan, settings_or_exit
 from core.settings import Settings
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 
@@ -117,6 +119,11 @@ def build_consumers(
 
 def create_app(settings: Settings, **options: Any) -> FastStream:
     consumers = build_consumers(settings, **options)
+    health = HealthServer(
+        settings.telemetry.http_port,
+        {"database": database_check(consumers.resources.engine), "kafka": broker_check(consumers.broker)},
+        before_scrape=lag_metrics_updater(settings.kafka),
+    )
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -131,6 +138,10 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
     @app.after_startup
     async def start_relay_and_announce() -> None:
         consumers.start_relay()
+        try:
+            await health.start()
+        except HealthServerError as error:
+            exit_with_one_line(f"startup failed: {error}")
         logger.info(
             "consumers ready",
             extra={
@@ -142,6 +153,7 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
 
     @app.on_shutdown
     async def stop_relay() -> None:
+        await health.stop()
         await consumers.stop_relay()
 
     return app

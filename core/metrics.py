@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "dianabot_events_total",
-    "Events seen by a handler, by outcome (handled, duplicate, retried, dead_lettered, ignored).",
+    "Events seen by a handler, by outcome (handled, duplicates, retried, dead_lettered, ignored).",
     ["handler", "outcome"],
 )
 FAILURES = Counter(

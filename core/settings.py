@@ -109,6 +109,9 @@ class TelemetrySettings(_Section):
     trace_sample_ratio: float = Field(
         1.0, ge=0, le=1, description="Share of new traces recorded (a sampled parent is always followed)."
     )
+    http_port: int = Field(
+        9464, ge=0, le=65535, description="Port of /livez, /readyz and /metrics; 0 turns the server off."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
     log_json: bool = Field(True, description="JSON log lines (set false for human-readable lines).")
 

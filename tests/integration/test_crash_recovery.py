@@ -42,6 +42,7 @@ def _start_consumer(topic: str, module: str) -> subprocess.Popen[bytes]:
         DIANABOT_TELEGRAM__BOT_TOKEN="123456:crash-test",
         DIANABOT_TELEGRAM__ADMIN_CHAT_ID="-1",
         DIANABOT_TELEMETRY__LOG_LEVEL="WARNING",
+        DIANABOT_TELEMETRY__HTTP_PORT="0",
     )
     faststream = str(Path(sys.executable).with_name("faststream"))
     return subprocess.Popen(

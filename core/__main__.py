@@ -1,0 +1,7 @@
+"""``python -m core`` is the operator CLI, ``python -m core.cli`` (see core/cli.py)."""
+
+import sys
+
+from core.cli import main
+
+sys.exit(main())
