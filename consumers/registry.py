@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers import users
+from consumers import jobs, users
 from core.pipeline.handlers import HandlerGroup
 
-HANDLER_GROUPS: tuple[HandlerGroup, ...] = (users.handlers,)
+HANDLER_GROUPS: tuple[HandlerGroup, ...] = (users.handlers, jobs.handlers)

@@ -312,3 +312,6 @@ class OutboxEvent(Base):
     headers: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     published_at: Mapped[datetime | None]
+
+
+import core.jobs  # noqa: E402,F401

@@ -1,4 +1,9 @@
-"""The scheduler's composition root: ``faststream run schedulers.app:app``."""
+"""The scheduler's composition root: ``faststream run schedulers.app:app``.
+
+Run several replicas: one leads (PostgreSQL advisory lock) and emits ``scheduler.tick`` events,
+the others stand by and take over within seconds when it dies. ``create_app`` reads nothing
+global: tests and the benchmark pass their own settings, scheduler settings and clock.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +14,124 @@ from functools import cache
 
 from faststream import FastStream
 
-from core.kafka import create_broker
-from core.runtime import build_resources, resources_lifespan, settings_or_exit
-from core.settings import Settings
+from contracts.topics import SCHEDULER_TICKS
+from core.clock import Clock, SystemClock
+from core.health import HealthServer, HealthServerError, broker_check, database_check
+from core.kafka import admin_client, create_broker
+from core.outbox import OutboxRelay
+from core.pipeline.consumer import TopicDeclaration, declare_topics
+from core.publisher import EventPublisher
+from core.runtime import Resources, build_resources, exit_with_one_line, resources_lifespan, settings_or_exit
+from core.settings import ConfigError, Settings
+from schedulers.cron import CronSchedule
+from schedulers.leader import AdvisoryLock
+from schedulers.planning import ScheduledJob
+from schedulers.service import SchedulerService
+from schedulers.settings import SchedulerSettings, load_scheduler_settings
+from schedulers.state import PRODUCER, PgTickStore
 
 logger = logging.getLogger("dianabot.scheduler")
 
 
-def create_app(settings: Settings) -> FastStream:
+def scheduled_jobs(settings: Settings, scheduler: SchedulerSettings) -> list[ScheduledJob]:
+    """The enabled jobs of the table, with their schedules in the bot's timezone."""
+    jobs = [job for job in scheduler.resolve_jobs() if job.enabled]
+    return [ScheduledJob(job, CronSchedule(job.cron, settings.tz)) for job in jobs]
+
+
+def build_service(
+    settings: Settings,
+    scheduler: SchedulerSettings,
+    resources: Resources,
+    publisher: EventPublisher,
+    clock: Clock | None = None,
+) -> SchedulerService:
+    relay = OutboxRelay(
+        resources.session_factory, publisher, topics={scheduler.tick_topic}, ack_timeout_s=10.0
+    )
+    return SchedulerService(
+        jobs=scheduled_jobs(settings, scheduler),
+        settings=scheduler,
+        store=PgTickStore(resources.session_factory, topic=scheduler.tick_topic),
+        lock=AdvisoryLock(
+            settings.database.url.get_secret_value(),
+            scheduler.lock_key,
+            session_timeout_s=scheduler.lock_session_timeout_s,
+        ),
+        relay=relay,
+        clock=clock or SystemClock(),
+    )
+
+
+def create_app(
+    settings: Settings, scheduler: SchedulerSettings | None = None, *, clock: Clock | None = None
+) -> FastStream:
+    scheduler = scheduler or load_scheduler_settings()
     resources = build_resources(settings)
     broker = create_broker(settings.kafka, logger=logging.getLogger("dianabot.broker"))
+    service = build_service(settings, scheduler, resources, EventPublisher(broker, PRODUCER), clock)
+    health = HealthServer(
+        scheduler.http_port, {"database": database_check(resources.engine), "kafka": broker_check(broker)}
+    )
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         async with resources_lifespan(resources, "scheduler"):
+            await _declare_tick_topic(settings, scheduler.tick_topic)
             yield
 
     app = FastStream(broker, lifespan=lifespan, logger=logger)
     app.context.set_global("resources", resources)
 
     @app.after_startup
-    async def announce_ready() -> None:
-        logger.info("scheduler ready", extra={"kafka": settings.kafka.bootstrap_servers})
+    async def start_and_announce() -> None:
+        service.start()
+        try:
+            await health.start()
+        except HealthServerError as error:
+            exit_with_one_line(f"startup failed: {error}")
+        logger.info(
+            "scheduler ready",
+            extra={
+                "kafka": settings.kafka.bootstrap_servers,
+                "timezone": settings.timezone,
+                "jobs": [job.name for job in service.jobs],
+            },
+        )
+
+    @app.on_shutdown
+    async def stop_service() -> None:
+        await health.stop()
+        await service.stop()
 
     return app
 
 
+async def _declare_tick_topic(settings: Settings, topic: str) -> None:
+    """Declare the tick topic (partitions, retention) so it is never auto-created with one partition."""
+    admin = admin_client(settings.kafka)
+    await admin.start()
+    try:
+        await declare_topics(
+            admin,
+            [TopicDeclaration(topic, SCHEDULER_TICKS.partitions, SCHEDULER_TICKS.retention_ms)],
+            settings.kafka.topic_replication_factor,
+        )
+    finally:
+        await admin.close()
+
+
+def _scheduler_settings_or_exit() -> SchedulerSettings:
+    try:
+        return load_scheduler_settings()
+    except ConfigError as error:
+        exit_with_one_line(str(error), code=2)
+        raise  # unreachable; keeps type checkers honest
+
+
 @cache
 def _default_app() -> FastStream:
-    return create_app(settings_or_exit())
+    return create_app(settings_or_exit(), _scheduler_settings_or_exit())
 
 
 def __getattr__(name: str) -> FastStream:

@@ -27,6 +27,7 @@ def _env(**overrides: str) -> dict[str, str]:
         DIANABOT_TELEGRAM__ADMIN_CHAT_ID="-1001",
         DIANABOT_KAFKA__CONNECT_TIMEOUT_S="3",
         DIANABOT_TELEMETRY__HTTP_PORT="0",
+        DIANABOT_SCHEDULER__HTTP_PORT="0",
     )
     env.update(overrides)
     return env

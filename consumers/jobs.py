@@ -1,0 +1,261 @@
+"""Periodic jobs on the consumer side: each job is a handler of ``scheduler.tick`` in its own group.
+
+A domain module declares a job function; the wrapper does the bookkeeping every job needs::
+
+    from consumers.jobs import jobs
+
+    @jobs.scheduled("scheduled_daily_cleanup", timeout_s=900)
+    async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+        ...
+        return {"rows_deleted": n}
+
+Each job gets its consumer group ``dianabot.jobs.{job}`` (its own offsets, retries and ledger),
+sees every tick and acts on its own job's only. Per tick the wrapper: applies the job's overlap
+policy (skip while an earlier run is still running); records the run in ``job_runs`` (started,
+then finished with its counts and duration, or failed with the error); emits ``job.completed``
+(with the job's effects, through the outbox) or ``job.failed`` (on its own, since the handler's
+transaction is rolled back) and re-raises, so the pipeline retries or dead-letters the tick.
+Duplicate ticks never reach the job: the pipeline's ledger drops them by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.events import JobCompleted, JobFailed, SchedulerTick
+from contracts.ids import derived_event_id
+from contracts.topics import TopicSpec
+from core.jobs import (
+    JobRun,
+    Overlap,
+    RunKey,
+    begin_run,
+    fail_run,
+    finish_run,
+    side_sessions,
+    skip_run,
+)
+from core.models import OutboxEvent
+from core.outbox import add_to_outbox
+from core.pipeline import ledger
+from core.pipeline.errors import describe
+from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+from schedulers.jobs import JOBS_BY_NAME
+
+logger = logging.getLogger("dianabot.jobs")
+
+PRODUCER = "dianabot-jobs"
+# Time the bookkeeping around a job may take on top of the job's own time limit.
+BOOKKEEPING_S = 30.0
+
+JobFunc = Callable[[SchedulerTick, HandlerContext], Awaitable[Mapping[str, int] | None]]
+
+
+class JobRunner:
+    """The handler registered for one job: overlap policy, run recording, result events."""
+
+    def __init__(
+        self, job: str, func: JobFunc, *, overlap: Overlap, timeout_s: float, stale_after: timedelta
+    ) -> None:
+        self.job = job
+        self.func = func
+        self.overlap = overlap
+        self.timeout_s = timeout_s
+        self.stale_after = stale_after
+
+    async def __call__(self, tick: SchedulerTick, ctx: HandlerContext) -> None:
+        if tick.job != self.job:
+            return
+        run = RunKey(self.job, ctx.envelope.event_id, tick.slot, tick.kind, ctx.attempt)
+        side = side_sessions(ctx.session)
+        now = ctx.clock.now()
+        blocker = await begin_run(
+            ctx.session, side, run, now=now, overlap=self.overlap, stale_after=self.stale_after
+        )
+        if blocker is not None:
+            logger.info("job %s: tick for %s skipped, an earlier run is still running", self.job, tick.slot)
+            await skip_run(ctx.session, run, now=now, blocker=blocker)
+            return
+        started = ctx.clock.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                counts = dict(await self.func(tick, ctx) or {})
+        except Exception as error:
+            await self._record_failure(side, run, ctx, ctx.clock.monotonic() - started, error)
+            raise
+        duration = ctx.clock.monotonic() - started
+        await finish_run(ctx.session, run, now=ctx.clock.now(), duration_s=duration, counts=counts)
+        await ctx.emit(JobCompleted(job=self.job, slot=tick.slot, duration_s=duration, counts=counts))
+
+    async def _record_failure(
+        self,
+        side: async_sessionmaker[AsyncSession],
+        run: RunKey,
+        ctx: HandlerContext,
+        duration: float,
+        error: Exception,
+    ) -> None:
+        reason = f"{type(error).__name__}: {describe(error, 1000)}"
+        # One job.failed per attempt, even when a batch falls back to one-by-one and fails twice.
+        event_id = derived_event_id("job.failed", run.event_id, run.attempt)
+        async with side() as session, session.begin():
+            await fail_run(session, run, now=ctx.clock.now(), duration_s=duration, error=reason)
+            if await session.scalar(select(OutboxEvent.id).where(OutboxEvent.event_id == event_id)) is None:
+                await add_to_outbox(
+                    session,
+                    JobFailed(
+                        job=self.job,
+                        slot=run.slot,
+                        error_type=type(error).__name__,
+                        error_message=describe(error, 500),
+                    ),
+                    producer=PRODUCER,
+                    caused_by=ctx.envelope,
+                    event_id=event_id,
+                )
+
+
+class ScheduledJobs:
+    """Registers job functions on a HandlerGroup (``@jobs.scheduled(name)``)."""
+
+    def __init__(self, group: HandlerGroup) -> None:
+        self.group = group
+        self.registered: dict[str, JobRunner] = {}
+
+    def scheduled(
+        self,
+        job: str,
+        *,
+        timeout_s: float = 300.0,
+        overlap: Overlap | None = None,
+        retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S,
+        batch_size: int = 20,
+        topics: tuple[TopicSpec, ...] = (),
+    ) -> Callable[[JobFunc], JobFunc]:
+        """Run the decorated function for every tick of ``job`` (a name from ``schedulers/jobs.py``).
+
+        ``overlap`` defaults to the job table's policy. A run still ``started`` after
+        ``timeout_s`` plus the bookkeeping margin is presumed dead and blocks nothing.
+        ``topics`` overrides the tick topic (tests, benchmarks).
+        """
+        definition = JOBS_BY_NAME.get(job)
+        if definition is None:
+            raise ValueError(f"{job!r} is not in the job table (schedulers/jobs.py)")
+        if job in self.registered:
+            raise ValueError(f"job {job!r} already has a handler")
+
+        def register(func: JobFunc) -> JobFunc:
+            runner = JobRunner(
+                job,
+                func,
+                overlap=overlap or definition.overlap,
+                timeout_s=timeout_s,
+                stale_after=timedelta(seconds=timeout_s + 2 * BOOKKEEPING_S),
+            )
+            self.registered[job] = runner
+            self.group.handler(
+                SchedulerTick,
+                action=job,
+                timeout_s=timeout_s + BOOKKEEPING_S,
+                retry_delays_s=retry_delays_s,
+                batch_size=batch_size,
+                topics=topics,
+            )(runner)
+            return func
+
+        return register
+
+
+handlers = HandlerGroup("jobs")
+jobs = ScheduledJobs(handlers)
+
+
+# --- scheduled_daily_cleanup ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long bookkeeping rows are kept; pass another one as ``services["retention"]``.
+
+    The ledger outlives the longest topic retention (dead letters and alerts: 30 days), so any
+    record that can still be redelivered or replayed is still recognised as a duplicate.
+    """
+
+    processed_events: timedelta = timedelta(days=35)
+    published_outbox: timedelta = timedelta(days=7)
+    job_runs: timedelta = timedelta(days=90)
+    batch_size: int = 5000
+    max_batches: int = 1000
+
+
+async def purge_published_outbox_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Delete one bounded batch of outbox rows published before ``cutoff``; call until it returns 0."""
+    oldest = (
+        select(OutboxEvent.id)
+        .where(OutboxEvent.published_at < cutoff)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        delete(OutboxEvent).where(OutboxEvent.id.in_(oldest)).returning(OutboxEvent.id)
+    )
+    return len(result.all())
+
+
+async def purge_job_runs_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Delete one bounded batch of job runs that ended before ``cutoff``."""
+    oldest = (
+        select(JobRun.id)
+        .where(JobRun.finished_at < cutoff)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(delete(JobRun).where(JobRun.id.in_(oldest)).returning(JobRun.id))
+    return len(result.all())
+
+
+Purge = Callable[[AsyncSession, datetime, int], Awaitable[int]]
+
+
+async def purge_in_batches(
+    sessions: async_sessionmaker[AsyncSession], purge: Purge, cutoff: datetime, retention: Retention
+) -> int:
+    """Run ``purge`` batch after batch, each in its own short transaction, until nothing is left.
+
+    Not in the handler's transaction: deleting millions of rows in one would hold locks and
+    bloat for the whole run. Each batch is idempotent, so a crash half-way loses nothing: the
+    rerun (or tomorrow's run) continues where it stopped.
+    """
+    total = 0
+    for _ in range(retention.max_batches):
+        async with sessions() as session, session.begin():
+            deleted = await purge(session, cutoff, retention.batch_size)
+        total += deleted
+        if deleted < retention.batch_size:
+            break
+    return total
+
+
+@jobs.scheduled("scheduled_daily_cleanup", timeout_s=900)
+async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+    """Purge the ledger, published outbox rows and old job runs past their retention (from the slot)."""
+    retention = ctx.services.get("retention") or Retention()
+    sessions = side_sessions(ctx.session)
+    return {
+        "processed_events_deleted": await purge_in_batches(
+            sessions, ledger.purge_processed_before, tick.slot - retention.processed_events, retention
+        ),
+        "outbox_rows_deleted": await purge_in_batches(
+            sessions, purge_published_outbox_before, tick.slot - retention.published_outbox, retention
+        ),
+        "job_runs_deleted": await purge_in_batches(
+            sessions, purge_job_runs_before, tick.slot - retention.job_runs, retention
+        ),
+    }
