@@ -13,11 +13,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
+from consumers import content, gamification, subscriptions
 from consumers.registry import HANDLER_GROUPS
 from core.clock import Clock, SystemClock
 from core.health import HealthServer, HealthServerError, broker_check, database_check
@@ -37,6 +40,9 @@ from core.pipeline.runner import PipelineDeps
 from core.publisher import EventPublisher
 from core.runtime import Resources, build_resources, exit_with_one_line, resources_lifespan, settings_or_exit
 from core.settings import Settings
+from core.telegram.sender import SERVICE_KEY as SENDER_KEY
+from core.telegram.sender import TelegramSender
+from core.telegram.settings import SenderSettings
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 
 logger = logging.getLogger("dianabot.consumers")
@@ -117,8 +123,38 @@ def build_consumers(
     return Consumers(settings, resources, broker, relay, declarations, names)
 
 
+SettingsSection = TypeVar("SettingsSection", bound=BaseSettings)
+
+
+def load_section(section: type[SettingsSection]) -> SettingsSection:
+    """A nested pydantic-settings section, or the process stops with one line naming the variables."""
+    try:
+        return section()
+    except ValidationError as error:
+        prefix = str(section.model_config.get("env_prefix", ""))
+        problems = [
+            f"{prefix}{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in error.errors(include_input=False, include_url=False)
+        ]
+        exit_with_one_line("invalid configuration: " + "; ".join(problems), code=2)
+        raise  # unreachable
+
+
+def production_services(settings: Settings) -> dict[str, Any]:
+    """The adapters handlers use: the one Telegram sender, and the domains' settings."""
+    return {
+        SENDER_KEY: TelegramSender.create(settings, load_section(SenderSettings)),
+        subscriptions.SETTINGS_KEY: load_section(subscriptions.SubscriptionSettings),
+        content.SETTINGS_KEY: load_section(content.ContentSettings),
+        gamification.SETTINGS_KEY: load_section(gamification.GamificationSettings),
+        subscriptions.TIMEZONE_KEY: settings.tz,
+    }
+
+
 def create_app(settings: Settings, **options: Any) -> FastStream:
+    options.setdefault("services", production_services(settings))
     consumers = build_consumers(settings, **options)
+    sender = options["services"].get(SENDER_KEY)
     health = HealthServer(
         settings.telemetry.http_port,
         {"database": database_check(consumers.resources.engine), "kafka": broker_check(consumers.broker)},
@@ -155,6 +191,8 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
     async def stop_relay() -> None:
         await health.stop()
         await consumers.stop_relay()
+        if isinstance(sender, TelegramSender):
+            await sender.close()
 
     return app
 

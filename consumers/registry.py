@@ -1,8 +1,31 @@
-"""Every domain's handlers, in one list the app wires up."""
+"""Every domain's handlers, in one list the app wires up.
+
+Scheduled jobs register on `consumers.jobs.jobs` when their module is imported (economy has
+jobs only), and ride on `jobs.handlers`.
+"""
 
 from __future__ import annotations
 
-from consumers import jobs, users
+from consumers import (
+    broadcasts,
+    content,
+    economy,
+    gamification,
+    jobs,
+    notifications,
+    subscriptions,
+    users,
+)
 from core.pipeline.handlers import HandlerGroup
 
-HANDLER_GROUPS: tuple[HandlerGroup, ...] = (users.handlers, jobs.handlers)
+del economy  # imported for its job registrations
+
+HANDLER_GROUPS: tuple[HandlerGroup, ...] = (
+    users.handlers,
+    jobs.handlers,
+    notifications.handlers,
+    broadcasts.handlers,
+    subscriptions.handlers,
+    content.handlers,
+    gamification.handlers,
+)

@@ -314,4 +314,5 @@ class OutboxEvent(Base):
     published_at: Mapped[datetime | None]
 
 
-import core.jobs  # noqa: E402,F401
+import core.jobs  # noqa: E402
+import core.telegram.models  # noqa: E402,F401

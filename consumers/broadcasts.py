@@ -1,0 +1,79 @@
+"""Broadcasts: ``broadcast.requested`` fanned out into one notification per recipient, a page at a time.
+
+Each step queues up to ``DIANABOT_SENDER__BROADCAST_CHUNK_SIZE`` recipients (keyset over users.id,
+users who blocked the bot are recorded and skipped), emits their ``NotificationRequested`` events
+on the broadcast's priority lane, and, while users remain, emits the same ``BroadcastRequested``
+again to take the next page. Everything a step does commits with its ledger row, so a crash
+repeats at most one page, and no recipient is queued twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from contracts.events import BroadcastRequested, NotificationRequested, Priority
+from contracts.topics import BROADCASTS, NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
+from core.outbox import add_to_outbox
+from core.pipeline.handlers import HandlerContext, HandlerGroup
+from core.telegram.broadcasts import ProgressReporter, continuation_event_id, fan_out_step
+from core.telegram.sender import sender_from
+
+logger = logging.getLogger("dianabot.broadcasts")
+
+PRODUCER = "dianabot-jobs"
+
+
+def build_handlers(
+    *,
+    broadcasts: TopicSpec = BROADCASTS,
+    critical: TopicSpec = NOTIFICATIONS_CRITICAL,
+    bulk: TopicSpec = NOTIFICATIONS_BULK,
+    module: str = "broadcasts",
+) -> HandlerGroup:
+    """The broadcast handlers; tests pass their own topics (and module, hence groups)."""
+    handlers = HandlerGroup(module)
+    progress = ProgressReporter(every_s=0)
+
+    @handlers.handler(BroadcastRequested, action="fan_out", topics=(broadcasts,), timeout_s=120)
+    async def broadcasts_fan_out_task(event: BroadcastRequested, ctx: HandlerContext) -> None:
+        """Queue the next page of recipients; emit their notifications and, if needed, the next step."""
+        settings = sender_from(ctx.services).settings
+        step = await fan_out_step(ctx.session, event, chunk_size=settings.broadcast_chunk_size)
+        lane = critical if event.priority is Priority.CRITICAL else bulk
+        for recipient in step.queued:
+            message = NotificationRequested(
+                user_id=recipient.user_id,
+                content=event.content,
+                priority=event.priority,
+                resend_if_unknown=settings.broadcast_resend_if_unknown,
+            )
+            await add_to_outbox(
+                ctx.session,
+                message,
+                producer=PRODUCER,
+                caused_by=ctx.envelope,
+                event_id=recipient.event_id,
+                topic=lane.name,
+            )
+        if not step.done:
+            await add_to_outbox(
+                ctx.session,
+                event,
+                producer=PRODUCER,
+                caused_by=ctx.envelope,
+                event_id=continuation_event_id(event.broadcast_id, step.cursor),
+                topic=broadcasts.name,
+            )
+        logger.info(
+            "broadcast %s: queued %d, skipped %d blocked, %s",
+            event.broadcast_id,
+            len(step.queued),
+            step.skipped_blocked,
+            "fan-out complete" if step.done else f"continuing after user {step.cursor}",
+        )
+        await progress.report(ctx.session, event.broadcast_id)
+
+    return handlers
+
+
+handlers = build_handlers()

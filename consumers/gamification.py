@@ -1,0 +1,306 @@
+"""Missions and besitos: assignment and expiry jobs, the exactly-once award, the weekly leaderboard.
+
+Jobs (scheduler ticks; ``consumers/jobs.py`` records their runs):
+
+* ``scheduled_daily_mission_assignment`` — expires unfinished daily missions, then assigns the active
+  daily missions to active users for the slot's local day, page by page; one
+  ``gamification.mission_assigned`` and one bulk prompt (``notification.requested``) per new assignment;
+* ``scheduled_weekly_mission_reset`` — the same for weekly missions and the slot's local ISO week;
+* ``scheduled_weekly_leaderboard`` — the week's top earners as a ``post.scheduled`` for the free channel.
+
+Handler (consumer group ``dianabot.gamification.award_mission``): ``gamification.mission_completed``
+pays the mission's besitos once (``core/domain/gamification.py``), then emits
+``gamification.besitos_earned`` and a notification. Users are only ever told through
+``notification.requested``; the notifications module sends it.
+
+Periods are local to the bot's timezone (``services["timezone"]``, UTC when absent) and taken from
+the tick's slot, not the wall clock, so a late or caught-up tick still assigns for its own day.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, timedelta, tzinfo
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from consumers.jobs import ScheduledJobs, jobs
+from contracts.events import (
+    BesitosEarned,
+    MessageContent,
+    MissionAssigned,
+    MissionCompleted,
+    NotificationRequested,
+    PostScheduled,
+    Priority,
+    SchedulerTick,
+)
+from contracts.ids import derived_event_id
+from contracts.topics import GAMIFICATION, TopicSpec
+from core.domain.gamification import (
+    Assignment,
+    Award,
+    Period,
+    active_missions,
+    active_user_ids,
+    assign_missions,
+    award_mission,
+    expire_unfinished,
+    leaderboard_text,
+    local_day,
+    local_week,
+    top_earners,
+    week_label,
+)
+from core.jobs import side_sessions
+from core.models import Channel, ChannelKind, MissionType, User
+from core.outbox import add_to_outbox
+from core.pipeline.errors import PermanentError
+from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+
+logger = logging.getLogger("dianabot.gamification")
+
+PRODUCER = "dianabot-jobs"
+SETTINGS_KEY = "gamification"
+"""The key of ``GamificationSettings`` in the pipeline's ``services`` (defaults when absent)."""
+TIMEZONE_KEY = "timezone"
+"""The key of the bot's timezone (a ``tzinfo``) in the pipeline's ``services`` (UTC when absent)."""
+
+
+class GamificationSettings(BaseSettings):
+    """``DIANABOT_GAMIFICATION__...``; read once by the composition root into ``services``."""
+
+    model_config = SettingsConfigDict(env_prefix="DIANABOT_GAMIFICATION__", extra="forbid", frozen=True)
+
+    active_within: timedelta = Field(
+        timedelta(days=30),
+        description="Missions go to users active (last_active_at) within this span before the slot (P30D).",
+    )
+    batch_size: int = Field(500, ge=1, le=10_000, description="Users per page of the assignment jobs.")
+    max_batches: int = Field(
+        1000, ge=1, description="Pages one job run handles at most (expiry batches too); the rest waits."
+    )
+    leaderboard_size: int = Field(10, ge=1, le=50, description="How many users the weekly leaderboard shows.")
+
+
+_DEFAULTS = GamificationSettings.model_construct()
+
+
+def settings_from(services: Mapping[str, Any]) -> GamificationSettings:
+    found = services.get(SETTINGS_KEY)
+    return found if isinstance(found, GamificationSettings) else _DEFAULTS
+
+
+def timezone_from(services: Mapping[str, Any]) -> tzinfo:
+    found = services.get(TIMEZONE_KEY)
+    return found if isinstance(found, tzinfo) else UTC
+
+
+# --- texts (literal content, Spanish unless the user's language is English) ----------------------
+
+
+def _is_english(language_code: str | None) -> bool:
+    return (language_code or "").lower().startswith("en")
+
+
+def assignment_text(assignment: Assignment, language_code: str | None) -> str:
+    mission = assignment.mission
+    if _is_english(language_code):
+        return f"🎯 New mission: {mission.title}. Reward: {mission.besitos} besitos."
+    return f"🎯 Nueva misión: {mission.title}. Recompensa: {mission.besitos} besitos."
+
+
+def award_text(award: Award, language_code: str | None) -> str:
+    if _is_english(language_code):
+        return (
+            f"✨ Mission complete: {award.mission_title}! You earned {award.amount} besitos. "
+            f"Balance: {award.balance_after}."
+        )
+    return (
+        f"✨ ¡Misión cumplida: {award.mission_title}! Has ganado {award.amount} besitos. "
+        f"Saldo: {award.balance_after}."
+    )
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+async def scheduled_daily_mission_assignment(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+    """Expire yesterday's unfinished daily missions and assign today's (local day of the slot)."""
+    period = local_day(tick.slot, timezone_from(ctx.services))
+    return await _reset_and_assign(tick, ctx, MissionType.DAILY, period)
+
+
+async def scheduled_weekly_mission_reset(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+    """Expire last week's unfinished weekly missions and assign this week's (local ISO week)."""
+    period = local_week(tick.slot, timezone_from(ctx.services))
+    return await _reset_and_assign(tick, ctx, MissionType.WEEKLY, period)
+
+
+async def _reset_and_assign(
+    tick: SchedulerTick, ctx: HandlerContext, mission_type: MissionType, period: Period
+) -> dict[str, int]:
+    """Each page commits on its own with its events (as the cleanup job's batches): a run over many
+    users holds no long transaction, and a rerun after a crash inserts (and announces) only what
+    is missing, since reassigning is a no-op."""
+    settings = settings_from(ctx.services)
+    sessions = side_sessions(ctx.session)
+    expired = 0
+    for _ in range(settings.max_batches):
+        async with sessions() as session, session.begin():
+            batch = await expire_unfinished(session, mission_type, tick.slot, settings.batch_size)
+        expired += batch
+        if batch < settings.batch_size:
+            break
+    missions = await active_missions(ctx.session, mission_type)
+    assigned, users, after_id = 0, 0, 0
+    for _ in range(settings.max_batches if missions else 0):
+        async with sessions() as session, session.begin():
+            page = await active_user_ids(
+                session,
+                active_since=tick.slot - settings.active_within,
+                after_id=after_id,
+                limit=settings.batch_size,
+            )
+            new = await assign_missions(session, page, missions, period, ctx.clock.now())
+            await _announce(session, ctx, new)
+        users += len(page)
+        assigned += len(new)
+        if len(page) < settings.batch_size:
+            break
+        after_id = page[-1]
+    if assigned or expired:
+        logger.info(
+            "%s missions: %d expired, %d assigned for %s", mission_type, expired, assigned, period.start
+        )
+    return {"missions_expired": expired, "users_seen": users, "missions_assigned": assigned}
+
+
+async def _announce(session: AsyncSession, ctx: HandlerContext, new: Sequence[Assignment]) -> None:
+    """Per new assignment: one mission_assigned and one bulk prompt, ids from (user, mission, period)."""
+    languages = await _languages(session, {a.user_id for a in new})
+    for assignment in new:
+        key = (assignment.user_id, assignment.mission.key, assignment.period_start.isoformat())
+        assigned = MissionAssigned(
+            user_id=assignment.user_id,
+            mission_key=assignment.mission.key,
+            period_start=assignment.period_start,
+        )
+        prompt = NotificationRequested(
+            user_id=assignment.user_id,
+            content=MessageContent(text=assignment_text(assignment, languages.get(assignment.user_id))),
+            priority=Priority.BULK,
+        )
+        for payload, event_id in (
+            (assigned, derived_event_id(MissionAssigned.event_type, *key)),
+            (prompt, derived_event_id("notification.mission_prompt", *key)),
+        ):
+            await add_to_outbox(
+                session, payload, producer=PRODUCER, caused_by=ctx.envelope, event_id=event_id
+            )
+
+
+async def _languages(session: AsyncSession, user_ids: set[int]) -> dict[int, str | None]:
+    if not user_ids:
+        return {}
+    rows = await session.execute(select(User.id, User.language_code).where(User.id.in_(user_ids)))
+    return {user_id: language for user_id, language in rows}
+
+
+async def scheduled_weekly_leaderboard(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+    """Post the top earners of the 7 days before the slot to the free channel (one post per week)."""
+    settings = settings_from(ctx.services)
+    leaders = await top_earners(
+        ctx.session, since=tick.slot - timedelta(days=7), until=tick.slot, limit=settings.leaderboard_size
+    )
+    if not leaders:
+        logger.info("no besitos earned this week: no leaderboard posted")
+        return {"leaders": 0, "posts": 0}
+    week = local_week(tick.slot - timedelta(days=7), timezone_from(ctx.services)).start
+    post_id = f"leaderboard:{week_label(week)}"
+    post = PostScheduled(
+        post_id=post_id,
+        channel_chat_id=await free_channel(ctx.session),
+        post_type="announcement",
+        content=MessageContent(text=leaderboard_text(leaders, week)),
+        scheduled_for=ctx.clock.now(),
+    )
+    # One post per week (post_id); a manual re-run re-announces the same post_id, which updates it.
+    await ctx.emit(post, event_id=derived_event_id(PostScheduled.event_type, post_id, ctx.envelope.event_id))
+    return {"leaders": len(leaders), "posts": 1}
+
+
+async def free_channel(session: AsyncSession) -> int:
+    """The Telegram chat id of the free channel (the first ``channels`` row of kind ``free``)."""
+    chat_id = await session.scalar(
+        select(Channel.telegram_chat_id).where(Channel.kind == ChannelKind.FREE).order_by(Channel.id).limit(1)
+    )
+    if chat_id is None:
+        raise PermanentError("no free channel configured: add a row to channels with kind 'free'")
+    return chat_id
+
+
+def register_jobs(registry: ScheduledJobs, *, ticks: tuple[TopicSpec, ...] = ()) -> None:
+    """Register the module's jobs; tests pass their own registry and tick topic."""
+    registry.scheduled("scheduled_daily_mission_assignment", timeout_s=900, topics=ticks)(
+        scheduled_daily_mission_assignment
+    )
+    registry.scheduled("scheduled_weekly_mission_reset", timeout_s=900, topics=ticks)(
+        scheduled_weekly_mission_reset
+    )
+    registry.scheduled("scheduled_weekly_leaderboard", topics=ticks)(scheduled_weekly_leaderboard)
+
+
+# --- handlers ------------------------------------------------------------------------------------
+
+
+async def gamification_award_mission_task(event: MissionCompleted, ctx: HandlerContext) -> None:
+    """Pay the completed mission's besitos once, then announce the earning and tell the user."""
+    award = await award_mission(
+        ctx.session,
+        user_id=event.user_id,
+        mission_key=event.mission_key,
+        period_start=event.period_start,
+        now=ctx.clock.now(),
+    )
+    if award is None:
+        logger.info("mission %s: nothing to pay (already paid, expired or no besitos)", event.mission_key)
+        return
+    earned = BesitosEarned(
+        user_id=award.user_id,
+        amount=award.amount,
+        source="mission",
+        balance_after=award.balance_after,
+        idempotency_key=award.idempotency_key,
+    )
+    await ctx.emit(earned, event_id=derived_event_id(BesitosEarned.event_type, award.idempotency_key))
+    user = await ctx.session.get(User, award.user_id)
+    if user is None or user.bot_blocked_at is not None:
+        return
+    notice = NotificationRequested(
+        user_id=award.user_id, content=MessageContent(text=award_text(award, user.language_code))
+    )
+    await ctx.emit(notice, event_id=derived_event_id("notification.mission_award", award.idempotency_key))
+
+
+def build_handlers(
+    *,
+    module: str = "gamification",
+    topic: TopicSpec = GAMIFICATION,
+    retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S,
+) -> HandlerGroup:
+    """The module's handlers; tests pass their own module (hence consumer groups) and topic."""
+    group = HandlerGroup(module)
+    group.handler(MissionCompleted, action="award_mission", retry_delays_s=retry_delays_s, topics=(topic,))(
+        gamification_award_mission_task
+    )
+    return group
+
+
+handlers = build_handlers()
+register_jobs(jobs)

@@ -1,0 +1,394 @@
+"""The VIP subscription lifecycle: expiry reminders, expiry and removal, access, archiving.
+
+Jobs (scheduler ticks; ``consumers/jobs.py`` records their runs):
+
+* ``scheduled_hourly_subscription_expiry_reminders`` — one ``subscription.expiring`` per subscription
+  and reminder window, with a deterministic event id, marked sent in the same transaction;
+* ``scheduled_hourly_subscription_expiry`` — ended subscriptions marked ``expired``, one
+  ``subscription.expired`` each;
+* ``scheduled_daily_subscription_archive`` — expired subscriptions archived after 30 days, in batches.
+
+Handlers (consumer groups ``dianabot.subscriptions.{action}``):
+
+* ``send_expiry_reminder`` — the reminder with a renew button (stale ones, after a renewal, are dropped);
+* ``remove_expired_member`` — ban from the VIP channel, state back to free, farewell with a renew button;
+* ``grant_access`` — state VIP, unban, one single-use invite link sent once.
+
+The rules live in ``core/domain/subscriptions.py``. Every message has a send-ledger key derived from
+its event id, so a redelivered or retried event never sends it twice; member calls are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, timedelta, tzinfo
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from consumers.jobs import ScheduledJobs, jobs
+from contracts.envelope import EventPayload
+from contracts.events import (
+    Priority,
+    SchedulerTick,
+    SubscriptionExpired,
+    SubscriptionExpiring,
+    SubscriptionRenewed,
+    SubscriptionStarted,
+)
+from contracts.topics import SUBSCRIPTIONS, TopicSpec
+from core.domain.subscriptions import (
+    archive_expired,
+    expire_ended,
+    mark_reminder_sent,
+    record_kicked,
+    reminders_due,
+    set_user_free,
+    set_user_vip,
+    should_kick,
+)
+from core.jobs import side_sessions
+from core.models import Channel, ChannelKind, Subscription, SubscriptionStatus, User, UserState
+from core.outbox import add_to_outbox
+from core.pipeline.errors import PermanentError
+from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+from core.telegram.models import SendStatus, TelegramSend
+from core.telegram.sender import SendRequest, sender_from
+from core.telegram.templates import TEMPLATES, render
+
+logger = logging.getLogger("dianabot.subscriptions")
+
+PRODUCER = "dianabot-jobs"
+SETTINGS_KEY = "subscriptions"
+"""The key of ``SubscriptionSettings`` in the pipeline's ``services`` (defaults when absent)."""
+TIMEZONE_KEY = "timezone"
+"""The key of the bot's timezone (a ``tzinfo``) in the pipeline's ``services`` (UTC when absent)."""
+
+# A removal must not be forgotten: retries outlast a long Telegram outage, then the dead letter.
+KICK_RETRY_DELAYS_S = (10.0, 60.0, 300.0, 1800.0, 7200.0)
+# Per handler: up to four Bot API calls, each of which may wait for rate-limit slots.
+HANDLER_TIMEOUT_S = 150.0
+_IN_CHANNEL = frozenset({"member", "administrator", "creator"})
+
+
+class SubscriptionSettings(BaseSettings):
+    """``DIANABOT_SUBSCRIPTIONS__...`` (environment only, like the sender's settings).
+
+    Read once by the composition root and put into the services under ``SETTINGS_KEY``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DIANABOT_SUBSCRIPTIONS__", extra="forbid", frozen=True)
+
+    reminder_windows: tuple[timedelta, ...] = Field(
+        (timedelta(days=7), timedelta(days=1)),
+        description="How long before the end each reminder goes out: a JSON list of ISO 8601 durations "
+        "or seconds, e.g. [P7D, P1D] quoted as JSON strings; one reminder per window and cycle, "
+        "only the narrowest due window's.",
+    )
+    archive_after: timedelta = Field(
+        timedelta(days=30), description="Archive expired subscriptions this long after they ended (P30D)."
+    )
+    batch_size: int = Field(500, ge=1, le=10_000, description="Rows per page or batch of a job.")
+    max_batches: int = Field(
+        100, ge=1, description="Pages one job run handles at most; the rest waits for the next run."
+    )
+    invite_link_ttl: timedelta = Field(
+        timedelta(hours=1), description="How long a single-use VIP invite link stays valid (PT1H)."
+    )
+    renew_url: str = Field(
+        "https://t.me/DianaBot?start=renew", description="Where the renew buttons of reminders lead."
+    )
+
+    @field_validator("reminder_windows", "invite_link_ttl", "archive_after")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        spans = value if isinstance(value, tuple) else (value,)
+        if any(span <= timedelta(0) for span in spans):
+            raise ValueError("durations must be positive")
+        return value
+
+
+_DEFAULTS = SubscriptionSettings.model_construct()
+
+
+def settings_from(services: Mapping[str, Any]) -> SubscriptionSettings:
+    found = services.get(SETTINGS_KEY)
+    return found if isinstance(found, SubscriptionSettings) else _DEFAULTS
+
+
+def timezone_from(services: Mapping[str, Any]) -> tzinfo:
+    found = services.get(TIMEZONE_KEY)
+    return found if isinstance(found, tzinfo) else UTC
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+async def scheduled_hourly_subscription_expiry_reminders(
+    tick: SchedulerTick, ctx: HandlerContext, *, topic: TopicSpec = SUBSCRIPTIONS
+) -> dict[str, int]:
+    """Emit the reminders due at the tick's slot, page by page, each marked sent with its event."""
+    settings = settings_from(ctx.services)
+    emitted, after_id = 0, 0
+    for _ in range(settings.max_batches):
+        page = await reminders_due(
+            ctx.session, tick.slot, settings.reminder_windows, limit=settings.batch_size, after_id=after_id
+        )
+        for due in page:
+            await _emit(ctx, due.payload(), due.event_id, topic)
+            await mark_reminder_sent(ctx.session, due.subscription_id, due.kind, due.end_at)
+        emitted += len(page)
+        if len(page) < settings.batch_size:
+            break
+        after_id = page[-1].subscription_id
+    if emitted:
+        logger.info("%d expiry reminders due at %s", emitted, tick.slot.isoformat())
+    return {"reminders_emitted": emitted}
+
+
+async def scheduled_hourly_subscription_expiry(
+    tick: SchedulerTick, ctx: HandlerContext, *, topic: TopicSpec = SUBSCRIPTIONS
+) -> dict[str, int]:
+    """Mark the subscriptions ended by the tick's slot expired, one ``subscription.expired`` each."""
+    settings = settings_from(ctx.services)
+    expired = 0
+    for _ in range(settings.max_batches):
+        ended = await expire_ended(ctx.session, tick.slot, limit=settings.batch_size)
+        for subscription in ended:
+            await _emit(ctx, subscription.payload(), subscription.event_id, topic)
+        expired += len(ended)
+        if len(ended) < settings.batch_size:
+            break
+    if expired:
+        logger.info("%d subscriptions expired at %s", expired, tick.slot.isoformat())
+    return {"subscriptions_expired": expired}
+
+
+async def scheduled_daily_subscription_archive(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+    """Archive expired subscriptions past the retention, one short transaction per batch, until none.
+
+    Not in the handler's transaction (as the cleanup job): a large backlog would hold its locks for
+    the whole run. Each batch is idempotent, so a crash half-way loses nothing.
+    """
+    settings = settings_from(ctx.services)
+    sessions = side_sessions(ctx.session)
+    archived = 0
+    for _ in range(settings.max_batches):
+        async with sessions() as session, session.begin():
+            batch = await archive_expired(
+                session, tick.slot, older_than=settings.archive_after, limit=settings.batch_size
+            )
+        archived += batch
+        if batch == 0:
+            break
+    if archived:
+        logger.info("%d expired subscriptions archived", archived)
+    return {"subscriptions_archived": archived}
+
+
+def register_jobs(
+    registry: ScheduledJobs, *, topic: TopicSpec = SUBSCRIPTIONS, ticks: tuple[TopicSpec, ...] = ()
+) -> None:
+    """Register the lifecycle's jobs; tests pass their own registry, event topic and tick topic."""
+    registry.scheduled("scheduled_hourly_subscription_expiry_reminders", topics=ticks)(
+        partial(scheduled_hourly_subscription_expiry_reminders, topic=topic)
+    )
+    registry.scheduled("scheduled_hourly_subscription_expiry", topics=ticks)(
+        partial(scheduled_hourly_subscription_expiry, topic=topic)
+    )
+    registry.scheduled("scheduled_daily_subscription_archive", timeout_s=900, topics=ticks)(
+        scheduled_daily_subscription_archive
+    )
+
+
+# --- handlers ------------------------------------------------------------------------------------
+
+
+async def subscriptions_send_expiry_reminder_task(event: SubscriptionExpiring, ctx: HandlerContext) -> None:
+    """Send the reminder of one window, unless the subscription was renewed or ended since."""
+    subscription = await ctx.session.get(Subscription, event.subscription_id)
+    if subscription is None or subscription.status != SubscriptionStatus.ACTIVE:
+        logger.info("reminder dropped: the subscription is no longer active")
+        return
+    if subscription.end_at != event.end_at:
+        logger.info("reminder dropped: the subscription was renewed since it was due")
+        return
+    settings = settings_from(ctx.services)
+    params = {
+        "end_date": event.end_at.astimezone(timezone_from(ctx.services)).date().isoformat(),
+        "renew_url": settings.renew_url,
+    }
+    user = await _user(ctx.session, event.user_id)
+    key = f"subscription.reminder:{ctx.envelope.event_id}"
+    await _send(ctx, user, key, reminder_template(event.reminder), params)
+
+
+def reminder_template(kind: str) -> str:
+    """The reminder's own text ('7d', '3d', '1d'), or the generic one for other windows."""
+    specific = f"subscription.reminder_{kind}"
+    return specific if specific in TEMPLATES else "subscription.reminder"
+
+
+async def subscriptions_remove_expired_member_task(event: SubscriptionExpired, ctx: HandlerContext) -> None:
+    """Ban the user from the VIP channel, set them free and say goodbye, unless they renewed.
+
+    ``should_kick`` locks the subscription and the user until this transaction ends, so a renewal
+    committed meanwhile waits, and its unban follows this ban. A failed ban raises (a transient
+    error is retried by the pipeline); nothing is recorded until it succeeded.
+    """
+    if not await should_kick(ctx.session, event.subscription_id):
+        logger.info("not removed: renewed, already removed or not expired")
+        return
+    channel = await vip_channel(ctx.session)
+    user = await _user(ctx.session, event.user_id)
+    was_there = await sender_from(ctx.services).ban_chat_member(channel, user.telegram_id)
+    await record_kicked(ctx.session, event.subscription_id, ctx.clock.now())
+    await set_user_free(ctx.session, event.user_id)
+    logger.info(
+        "removed from the VIP channel" if was_there else "not in the VIP channel: nothing to remove",
+        extra={"user_id": user.id},
+    )
+    if user.state != UserState.BANNED:
+        params = {"renew_url": settings_from(ctx.services).renew_url}
+        key = f"subscription.farewell:{ctx.envelope.event_id}"
+        await _send(ctx, user, key, "subscription.expired_farewell", params)
+
+
+Granting = SubscriptionStarted | SubscriptionRenewed
+
+
+async def subscriptions_grant_access_task(event: Granting, ctx: HandlerContext) -> None:
+    """Make the user VIP and let them into the VIP channel with one single-use invite link.
+
+    A user already in the channel (a renewal before expiry) needs no link. A redelivered event finds
+    its link recorded as sent in the send ledger and creates none.
+    """
+    subscription = await ctx.session.get(Subscription, event.subscription_id)
+    if subscription is None:
+        raise PermanentError(f"subscription {event.subscription_id} not found")
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        logger.info("no access granted: the subscription is %s", subscription.status)
+        return
+    # Locked until commit: a second delivery of this event waits, then finds the link sent.
+    user = await _user(ctx.session, subscription.user_id, lock=True)
+    await set_user_vip(ctx.session, user.id)
+    await ctx.session.refresh(user)
+    if user.state == UserState.BANNED:
+        logger.warning("no access granted: the user is banned from the bot", extra={"user_id": user.id})
+        return
+    key = f"subscription.invite:{ctx.envelope.event_id}"
+    if await _already_sent(ctx.session, key):
+        return
+    channel = await vip_channel(ctx.session)
+    sender = sender_from(ctx.services)
+    member = await sender.get_chat_member(channel, user.telegram_id)
+    if member is not None and member.status in _IN_CHANNEL:
+        logger.info("already in the VIP channel: no invite link needed", extra={"user_id": user.id})
+        return
+    if member is not None and member.status == "kicked":
+        await sender.unban_chat_member(channel, user.telegram_id)
+    if user.bot_blocked_at is not None:
+        logger.info("user blocked the bot: unbanned, no invite link sent", extra={"user_id": user.id})
+        return
+    ttl = settings_from(ctx.services).invite_link_ttl
+    link = await sender.create_invite_link(channel, expires_in=ttl, name=f"subscription {subscription.id}")
+    params = {"invite_link": link.url, "expires_in": _duration(ttl)}
+    await _send(ctx, user, key, "subscription.invite_link", params)
+
+
+def build_handlers(
+    *,
+    module: str = "subscriptions",
+    topic: TopicSpec = SUBSCRIPTIONS,
+    retry_delays_s: tuple[float, ...] | None = None,
+) -> HandlerGroup:
+    """The lifecycle's handlers; tests pass their own topic, module (hence groups) and retry delays."""
+    group = HandlerGroup(module)
+    topics = (topic,)
+    group.handler(
+        SubscriptionExpiring,
+        action="send_expiry_reminder",
+        timeout_s=HANDLER_TIMEOUT_S,
+        retry_delays_s=retry_delays_s or DEFAULT_RETRY_DELAYS_S,
+        topics=topics,
+    )(subscriptions_send_expiry_reminder_task)
+    group.handler(
+        SubscriptionExpired,
+        action="remove_expired_member",
+        timeout_s=HANDLER_TIMEOUT_S,
+        retry_delays_s=retry_delays_s or KICK_RETRY_DELAYS_S,
+        topics=topics,
+    )(subscriptions_remove_expired_member_task)
+    granting: tuple[type[Granting], ...] = (SubscriptionStarted, SubscriptionRenewed)
+    group.handler(
+        *granting,
+        action="grant_access",
+        timeout_s=HANDLER_TIMEOUT_S,
+        retry_delays_s=retry_delays_s or KICK_RETRY_DELAYS_S,
+        topics=topics,
+    )(subscriptions_grant_access_task)
+    return group
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+async def vip_channel(session: AsyncSession) -> int:
+    """The Telegram chat id of the VIP channel (the first ``channels`` row of kind ``vip``)."""
+    chat_id = await session.scalar(
+        select(Channel.telegram_chat_id).where(Channel.kind == ChannelKind.VIP).order_by(Channel.id).limit(1)
+    )
+    if chat_id is None:
+        raise PermanentError("no VIP channel configured: add a row to channels with kind 'vip'")
+    return chat_id
+
+
+async def _emit(ctx: HandlerContext, payload: EventPayload, event_id: UUID, topic: TopicSpec) -> None:
+    """``ctx.emit`` with a deterministic id, on ``topic`` (the registry's, or a test's own)."""
+    await add_to_outbox(
+        ctx.session, payload, producer=PRODUCER, caused_by=ctx.envelope, event_id=event_id, topic=topic.name
+    )
+
+
+async def _user(session: AsyncSession, user_id: int, *, lock: bool = False) -> User:
+    user = await session.get(User, user_id, with_for_update=lock)
+    if user is None:
+        raise PermanentError(f"user {user_id} not found")
+    return user
+
+
+async def _already_sent(session: AsyncSession, key: str) -> bool:
+    """The send ledger has this message as delivered (or possibly delivered): do not prepare another."""
+    status = await session.scalar(select(TelegramSend.status).where(TelegramSend.send_key == key))
+    return status in (SendStatus.SENT, SendStatus.UNKNOWN, SendStatus.BLOCKED)
+
+
+async def _send(ctx: HandlerContext, user: User, key: str, template: str, params: dict[str, str]) -> None:
+    """One critical message to the user in their language; users who blocked the bot are skipped."""
+    if user.bot_blocked_at is not None:
+        logger.info("user blocked the bot: %s not sent", template, extra={"user_id": user.id})
+        return
+    request = SendRequest(
+        key=key,
+        chat_id=user.telegram_id,
+        content=render(template, params, user.language_code),
+        priority=Priority.CRITICAL,
+        user_id=user.id,
+    )
+    result = await sender_from(ctx.services).send(request)
+    logger.info("%s: %s", template, result.outcome.value, extra={"user_id": user.id})
+
+
+def _duration(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    return f"{minutes // 60} h" if minutes % 60 == 0 else f"{minutes} min"
+
+
+handlers = build_handlers()
+register_jobs(jobs)

@@ -1,0 +1,259 @@
+"""The send ledger: intent before each Bot API call, outcome after, each committed on its own.
+
+``sendMessage`` has no idempotency key, so exactly-once is impossible; the ledger makes the gap
+small and visible instead. Per send key:
+
+1. ``prepare`` — is there anything to do? ``sent``/``blocked`` → no (a redelivered event is not sent
+   again). ``unknown``, or ``pending`` older than the in-flight lease (the process died or timed out
+   mid-call) → only if the notification's ``resend_if_unknown`` says so; a younger ``pending`` is
+   another attempt still in flight → retry later.
+2. ``start_attempt`` — compare-and-set to ``pending`` right before the call (one winner per key).
+3. ``finish`` — ``sent`` with the message id, ``retry`` (not delivered: 429, 5xx, refused
+   connection), ``unknown`` (cut off mid-call), ``blocked`` (and ``users.bot_blocked_at`` set in the
+   same statement) or ``failed`` with the error.
+
+Each step is one statement on the sender's own autocommit connections, never the handler's unit of
+work: that transaction may still roll back (the batch falls back to one-by-one handling, a later
+event fails), and a message that went out must stay recorded as sent regardless.
+
+The window: between ``start_attempt`` and ``finish`` a crash leaves ``pending``; the message may or
+may not have been delivered. After the lease it reads as unknown (``unknown_sends`` lists both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from core.telegram import metrics
+from core.telegram.models import SendStatus, TelegramSend
+
+# Statuses from which a new attempt may start regardless of policy. FAILED is here because the
+# pipeline never redelivers a permanent failure by itself: a repeat is an operator's replay.
+_ATTEMPTABLE = (SendStatus.NEW, SendStatus.RETRY, SendStatus.FAILED)
+
+_PREPARE = text(
+    """
+    WITH inserted AS (
+        INSERT INTO telegram_sends (send_key, chat_id, user_id, priority, method, status)
+        VALUES (:key, :chat_id, :user_id, :priority, :method, 'new')
+        ON CONFLICT (send_key) DO NOTHING
+        RETURNING status, telegram_message_id, NULL::float8 AS age_s
+    )
+    SELECT status, telegram_message_id, age_s FROM inserted
+    UNION ALL
+    SELECT status, telegram_message_id, extract(epoch FROM clock_timestamp() - attempted_at)::float8
+    FROM telegram_sends WHERE send_key = :key AND NOT EXISTS (SELECT FROM inserted)
+    """
+)
+_EXPIRE_PENDING = text(
+    """
+    UPDATE telegram_sends
+    SET status = 'unknown', error = 'no outcome recorded within the lease', finished_at = clock_timestamp()
+    WHERE send_key = :key AND status = 'pending'
+      AND attempted_at < clock_timestamp() - make_interval(secs => :lease)
+    """
+)
+_START = text(
+    """
+    UPDATE telegram_sends
+    SET status = 'pending', chat_id = :chat_id, attempts = attempts + 1,
+        attempted_at = clock_timestamp(), finished_at = NULL
+    WHERE send_key = :key AND status = ANY(CAST(:allowed AS varchar[]))
+    RETURNING (
+        SELECT coalesce(max(extract(epoch FROM paused_until - clock_timestamp())), 0)::float8
+        FROM telegram_rate_limits WHERE scope = ANY(CAST(:pause_scopes AS varchar[]))
+    )
+    """
+)
+_FINISH = """
+    UPDATE telegram_sends
+    SET status = :status, telegram_message_id = coalesce(:message_id, telegram_message_id),
+        error = :error, finished_at = clock_timestamp()
+    WHERE send_key = :key
+"""
+_FINISH_BLOCKED = text(
+    f"""
+    WITH outcome AS ({_FINISH})
+    UPDATE users SET bot_blocked_at = now()
+    WHERE telegram_id = :chat_id AND bot_blocked_at IS NULL
+    RETURNING id
+    """
+)
+_GIVE_UP = text(
+    """
+    INSERT INTO telegram_sends (send_key, chat_id, user_id, priority, method, status, error, finished_at)
+    VALUES (:key, :chat_id, :user_id, :priority, :method, 'failed', :error, clock_timestamp())
+    ON CONFLICT (send_key) DO UPDATE
+    SET status = 'failed', error = EXCLUDED.error, finished_at = EXCLUDED.finished_at
+    WHERE telegram_sends.status IN ('new', 'retry', 'failed')
+    """
+)
+_CURRENT_CHAT = text("SELECT new_chat_id FROM telegram_chat_migrations WHERE old_chat_id = :chat_id")
+_RECORD_MIGRATION = text(
+    """
+    WITH migration AS (
+        INSERT INTO telegram_chat_migrations (old_chat_id, new_chat_id) VALUES (:old, :new)
+        ON CONFLICT (old_chat_id) DO UPDATE SET new_chat_id = EXCLUDED.new_chat_id
+    )
+    UPDATE channels SET telegram_chat_id = :new
+    WHERE telegram_chat_id = :old AND NOT EXISTS (SELECT FROM channels WHERE telegram_chat_id = :new)
+    """
+)
+
+
+class Verdict(StrEnum):
+    SEND = "send"
+    SKIP = "skip"  # the recorded status is the outcome
+    IN_FLIGHT = "in_flight"
+
+
+def verdict(status: SendStatus, age_s: float | None, *, resend_if_unknown: bool, lease_s: float) -> Verdict:
+    """What to do with a send given its ledger status (``age_s``: seconds since its last attempt)."""
+    if status in _ATTEMPTABLE:
+        return Verdict.SEND
+    if status is SendStatus.PENDING and age_s is not None and age_s < lease_s:
+        return Verdict.IN_FLIGHT
+    if status in (SendStatus.PENDING, SendStatus.UNKNOWN):
+        return Verdict.SEND if resend_if_unknown else Verdict.SKIP
+    return Verdict.SKIP  # sent, blocked
+
+
+@dataclass(frozen=True)
+class Prepared:
+    verdict: Verdict
+    status: SendStatus
+    message_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SendIntent:
+    key: str
+    chat_id: int
+    user_id: int | None
+    priority: str
+    method: str
+
+    def params(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "chat_id": self.chat_id,
+            "user_id": self.user_id,
+            "priority": str(self.priority),
+            "method": self.method,
+        }
+
+
+class SendLedger:
+    """The ledger's statements, each one round trip on an autocommit connection of `engine`."""
+
+    def __init__(self, engine: AsyncEngine, *, lease_s: float) -> None:
+        self._engine = engine
+        self._lease_s = lease_s
+
+    async def prepare(self, intent: SendIntent, *, resend_if_unknown: bool) -> Prepared:
+        """Register the send if new; decide whether it is to be sent (see the module docstring)."""
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_PREPARE, intent.params())).one_or_none()
+            if row is None:  # registered by a concurrent attempt a moment ago
+                return Prepared(Verdict.IN_FLIGHT, SendStatus.PENDING)
+            status, message_id, age = SendStatus(row[0]), row[1], row[2]
+            decided = verdict(status, age, resend_if_unknown=resend_if_unknown, lease_s=self._lease_s)
+            if status is SendStatus.PENDING and decided is not Verdict.IN_FLIGHT:
+                # The attempt outlived its lease: whatever happened is now officially unknown.
+                await connection.execute(_EXPIRE_PENDING, {"key": intent.key, "lease": self._lease_s})
+                status = SendStatus.UNKNOWN
+        return Prepared(decided, status, message_id)
+
+    async def start_attempt(
+        self, key: str, chat_id: int, *, resend_if_unknown: bool, pause_scopes: Sequence[str]
+    ) -> float | None:
+        """Record the intent right before the call: None if another attempt got there first.
+
+        In the same round trip it reads the 429 pauses covering the send (`pause_scopes`) and
+        returns the seconds left of the longest: above zero, the caller must not call now.
+        """
+        allowed = [s.value for s in _ATTEMPTABLE] + ([SendStatus.UNKNOWN.value] if resend_if_unknown else [])
+        async with self._engine.connect() as connection:
+            paused = await connection.scalar(
+                _START,
+                {"key": key, "chat_id": chat_id, "allowed": allowed, "pause_scopes": list(pause_scopes)},
+            )
+        return None if paused is None else max(0.0, float(paused))
+
+    async def finish(
+        self,
+        key: str,
+        status: SendStatus,
+        *,
+        message_id: int | None = None,
+        error: str | None = None,
+        blocked_chat_id: int | None = None,
+    ) -> None:
+        """Record the outcome of the attempt under way; a 403 also marks the user (same statement)."""
+        params = {"key": key, "status": status.value, "message_id": message_id, "error": error}
+        async with self._engine.connect() as connection:
+            if blocked_chat_id is None:
+                await connection.execute(text(_FINISH), params)
+                return
+            newly = await connection.execute(_FINISH_BLOCKED, {**params, "chat_id": blocked_chat_id})
+            metrics.BLOCKED_USERS.inc(len(newly.all()))
+
+    async def give_up(self, intent: SendIntent, error: str) -> None:
+        """Record a send that fails before any call (unknown user, unrenderable template) as failed."""
+        async with self._engine.connect() as connection:
+            await connection.execute(_GIVE_UP, {**intent.params(), "error": error})
+
+    # --- chat migrations --------------------------------------------------------------------------
+
+    async def current_chat_id(self, chat_id: int) -> int:
+        """The chat a send goes to: a group that became a supergroup is addressed by its new id."""
+        if chat_id > 0:  # private chats never migrate
+            return chat_id
+        async with self._engine.connect() as connection:
+            new_id = await connection.scalar(_CURRENT_CHAT, {"chat_id": chat_id})
+        return chat_id if new_id is None else int(new_id)
+
+    async def record_migration(self, old_chat_id: int, new_chat_id: int) -> None:
+        """Remember the new id, and move a channel row that still names the old one (one statement)."""
+        async with self._engine.connect() as connection:
+            await connection.execute(_RECORD_MIGRATION, {"old": old_chat_id, "new": new_chat_id})
+
+
+@dataclass(frozen=True)
+class UnknownSend:
+    send_key: str
+    chat_id: int
+    user_id: int | None
+    status: SendStatus
+    attempts: int
+    attempted_at: datetime | None
+
+
+async def unknown_sends(session: AsyncSession, *, lease_s: float, limit: int = 100) -> list[UnknownSend]:
+    """Sends that may or may not have been delivered: ``unknown``, or ``pending`` past the lease."""
+    stale = func.now() - timedelta(seconds=lease_s)
+    rows = await session.execute(
+        select(
+            TelegramSend.send_key,
+            TelegramSend.chat_id,
+            TelegramSend.user_id,
+            TelegramSend.status,
+            TelegramSend.attempts,
+            TelegramSend.attempted_at,
+        )
+        .where(
+            or_(
+                TelegramSend.status == SendStatus.UNKNOWN,
+                (TelegramSend.status == SendStatus.PENDING) & (TelegramSend.attempted_at < stale),
+            )
+        )
+        .order_by(TelegramSend.attempted_at)
+        .limit(limit)
+    )
+    return [UnknownSend(r[0], r[1], r[2], SendStatus(r[3]), r[4], r[5]) for r in rows]
