@@ -14,6 +14,10 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# The local Bot API double stands in for Telegram unless settings point elsewhere.
+if [[ "$DIANABOT_TELEGRAM__API_BASE_URL" == http://127.0.0.1:8081* ]]; then
+  "$BIN/python" -m devstack.telegram_double --port 8081 & pids+=($!)
+fi
 "$BIN/faststream" run consumers.app:app & pids+=($!)
 "$BIN/faststream" run schedulers.app:app & pids+=($!)
 # Stop everything as soon as one process ends (e.g. a start-up failure).
