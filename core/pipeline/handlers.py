@@ -133,59 +133,38 @@ class HandlerGroup:
         self.specs: list[HandlerSpec[Any]] = []
 
     def handler(
-        self,
-        *events: type[P],
-        action: str,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S,
-        retry_jitter: float = 0.2,
-        batch_size: int = 500,
-        topics: tuple[TopicSpec, ...] = (),
-    ) -> Callable[
-        [Callable[[P, HandlerContext], Awaitable[None]]], Callable[[P, HandlerContext], Awaitable[None]]
-    ]:
-        if not events:
-            raise ValueError("a handler needs at least one event type")
-
-        def register(
-            func: Callable[[P, HandlerContext], Awaitable[None]],
-        ) -> Callable[[P, HandlerContext], Awaitable[None]]:
-            self.specs.append(
-                HandlerSpec(
-                    module=self.module,
-                    action=action,
-                    events=events,
-                    func=func,
-                    timeout_s=timeout_s,
-                    retry_delays_s=retry_delays_s,
-                    retry_jitter=retry_jitter,
-                    batch_size=batch_size,
-                    topic_override=topics,
-                )
-            )
-            return func
-
-        return register
+        self, *events: type[P], action: str, **options: Any
+    ) -> Callable[[HandlerFn[P]], HandlerFn[P]]:
+        """Register a per-event handler; options are HandlerSpec's (timeout_s, retry_delays_s,
+        retry_jitter, batch_size, and `topics` to listen somewhere other than the registry's topic)."""
+        return self._register(events, action, batch=False, **options)
 
     def batch_handler(
-        self,
-        *events: type[P],
-        action: str,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S,
-        retry_jitter: float = 0.2,
-        batch_size: int = 500,
-        topics: tuple[TopicSpec, ...] = (),
+        self, *events: type[P], action: str, **options: Any
     ) -> Callable[[BatchHandlerFunc[P]], BatchHandlerFunc[P]]:
         """Like `handler`, for work that is cheaper in bulk (one UPDATE for many users, say).
 
         The function gets the batch's new events in order; if it fails, the pipeline calls it
         again with one event at a time, so a bad event still fails alone.
         """
+        return self._register(events, action, batch=True, **options)
+
+    def _register(
+        self,
+        events: tuple[type[EventPayload], ...],
+        action: str,
+        *,
+        batch: bool,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S,
+        retry_jitter: float = 0.2,
+        batch_size: int = 500,
+        topics: tuple[TopicSpec, ...] = (),
+    ) -> Callable[[F], F]:
         if not events:
             raise ValueError("a handler needs at least one event type")
 
-        def register(func: BatchHandlerFunc[P]) -> BatchHandlerFunc[P]:
+        def register(func: F) -> F:
             self.specs.append(
                 HandlerSpec(
                     module=self.module,
@@ -197,7 +176,7 @@ class HandlerGroup:
                     retry_jitter=retry_jitter,
                     batch_size=batch_size,
                     topic_override=topics,
-                    batch=True,
+                    batch=batch,
                 )
             )
             return func
@@ -205,4 +184,6 @@ class HandlerGroup:
         return register
 
 
+HandlerFn = Callable[[P, HandlerContext], Awaitable[None]]
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 BatchHandlerFunc = Callable[[Sequence[Delivery[P]], BatchContext], Awaitable[None]]
