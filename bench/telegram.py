@@ -77,9 +77,7 @@ def _app() -> FastStream:
     ]
     settings = settings_or_exit()
     sender = TelegramSender.create(settings)
-    app = create_app(settings, groups=groups, services={SERVICE_KEY: sender})
-    app.after_shutdown(sender.close)
-    return app
+    return create_app(settings, groups=groups, services={SERVICE_KEY: sender})  # it closes the sender
 
 
 def __getattr__(name: str) -> FastStream:
@@ -92,7 +90,7 @@ def __getattr__(name: str) -> FastStream:
 
 
 def _start_consumer(
-    settings: Settings, run: str, base_url: str, rate: float, token: str
+    settings: Settings, run: str, base_url: str, rate: float, token: str, log: Path | None
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIANABOT_")}
     env.update(
@@ -106,14 +104,16 @@ def _start_consumer(
         DIANABOT_TELEGRAM__API_BASE_URL=base_url,
         DIANABOT_TELEGRAM__ADMIN_CHAT_ID="-1",
         DIANABOT_TELEMETRY__LOG_LEVEL="WARNING",
+        DIANABOT_TELEMETRY__HTTP_PORT="0",  # several processes on one host: no health server
         DIANABOT_SENDER__GLOBAL_RATE_PER_S=str(rate),
     )
+    output = subprocess.DEVNULL if log is None else log.open("wb")
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("faststream")), "run", "bench.telegram:app"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -170,6 +170,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the timings
     settings = load_settings()
     engine = create_engine(settings.database)
     factory = create_session_factory(engine)
@@ -188,7 +189,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # One bot (one token) for every process: the limits are per bot. A fresh bot id per run keeps
     # runs from sharing limiter rows.
     token = f"{random.randrange(10**6, 10**7)}:bench"
-    processes = [_start_consumer(settings, run_id, base_url, args.rate, token) for _ in range(args.processes)]
+    logs = [
+        None if args.logs is None else Path(args.logs) / f"consumer-{i}.log" for i in range(args.processes)
+    ]
+    processes = [_start_consumer(settings, run_id, base_url, args.rate, token, log) for log in logs]
     broker = create_broker(settings.kafka)
     await broker.start()
     publisher = EventPublisher(broker, "bench")
@@ -211,7 +215,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         critical_sent = await _inject_critical(
             publisher, f"bench.tg.{run_id}.critical", alerted, double, len(recipients), args
         )
-        await _wait_delivered(double, len(recipients) + len(critical_sent), args.timeout)
+        await _wait_delivered(double, len(recipients) + len(critical_sent), args.timeout, processes)
         finished = time.time()
         async with factory() as session:
             progress = await broadcast_progress(session, broadcast_id)
@@ -224,6 +228,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await double.stop()
     result = _report(double, recipients, alerted, critical_sent, args, double_rate, finished - started)
     result["broadcast_progress"] = progress.as_dict() if progress else None
+    result["load_average_1m_at_start"] = load_at_start
     async with factory() as session, session.begin():
         ids = [u for u, _ in recipients + alerted]
         for start in range(0, len(ids), 5000):
@@ -265,9 +270,13 @@ async def _inject_critical(
     return published
 
 
-async def _wait_delivered(double: TelegramDouble, expected: int, within_s: float) -> None:
+async def _wait_delivered(
+    double: TelegramDouble, expected: int, within_s: float, processes: list[subprocess.Popen[bytes]]
+) -> None:
     deadline = time.monotonic() + within_s
     while len(double.messages) < expected:
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError("a consumer process exited during the run (see --logs)")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(double.messages)} of {expected} messages within {within_s}s")
         await asyncio.sleep(0.2)
@@ -296,6 +305,8 @@ def _report(
     stats = double.stats()
     achieved = (len(messages) - 1) / span if span > 0 else 0.0
     return {
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
         "recipients": len(recipients),
         "processes": args.processes,
         "configured_rate_per_s": args.rate,
@@ -331,6 +342,7 @@ def main() -> None:
     parser.add_argument("--critical-users", type=int, default=400)
     parser.add_argument("--critical-every", type=float, default=0.5)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--logs", help="a directory for the consumer processes' output")
     args = parser.parse_args()
     configure_logging("WARNING", json_lines=False)
     print(json.dumps(asyncio.run(run(args)), indent=2))

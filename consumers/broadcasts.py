@@ -9,18 +9,47 @@ repeats at most one page, and no recipient is queued twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from contracts.events import BroadcastRequested, NotificationRequested, Priority
 from contracts.topics import BROADCASTS, NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
 from core.outbox import add_to_outbox
 from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.telegram.broadcasts import ProgressReporter, continuation_event_id, fan_out_step
+from core.telegram.broadcasts import FanOutStep, ProgressReporter, continuation_event_id, fan_out_step
 from core.telegram.sender import sender_from
 
 logger = logging.getLogger("dianabot.broadcasts")
 
 PRODUCER = "dianabot-jobs"
+
+
+async def emit_notifications(
+    ctx: HandlerContext,
+    event: BroadcastRequested,
+    step: FanOutStep,
+    lane: TopicSpec,
+    *,
+    resend_if_unknown: bool,
+) -> None:
+    """One ``notification.requested`` per queued recipient, on the broadcast's lane, through the outbox."""
+    for index, recipient in enumerate(step.queued):
+        if index % 50 == 49:
+            await asyncio.sleep(0)  # building envelopes is CPU work: let the critical lane run meanwhile
+        message = NotificationRequested(
+            user_id=recipient.user_id,
+            content=event.content,
+            priority=event.priority,
+            resend_if_unknown=resend_if_unknown,
+        )
+        await add_to_outbox(
+            ctx.session,
+            message,
+            producer=PRODUCER,
+            caused_by=ctx.envelope,
+            event_id=recipient.event_id,
+            topic=lane.name,
+        )
 
 
 def build_handlers(
@@ -32,7 +61,7 @@ def build_handlers(
 ) -> HandlerGroup:
     """The broadcast handlers; tests pass their own topics (and module, hence groups)."""
     handlers = HandlerGroup(module)
-    progress = ProgressReporter(every_s=0)
+    progress = ProgressReporter()
 
     @handlers.handler(BroadcastRequested, action="fan_out", topics=(broadcasts,), timeout_s=120)
     async def broadcasts_fan_out_task(event: BroadcastRequested, ctx: HandlerContext) -> None:
@@ -40,28 +69,17 @@ def build_handlers(
         settings = sender_from(ctx.services).settings
         step = await fan_out_step(ctx.session, event, chunk_size=settings.broadcast_chunk_size)
         lane = critical if event.priority is Priority.CRITICAL else bulk
-        for recipient in step.queued:
-            message = NotificationRequested(
-                user_id=recipient.user_id,
-                content=event.content,
-                priority=event.priority,
-                resend_if_unknown=settings.broadcast_resend_if_unknown,
-            )
-            await add_to_outbox(
-                ctx.session,
-                message,
-                producer=PRODUCER,
-                caused_by=ctx.envelope,
-                event_id=recipient.event_id,
-                topic=lane.name,
-            )
+        await emit_notifications(
+            ctx, event, step, lane, resend_if_unknown=settings.broadcast_resend_if_unknown
+        )
         if not step.done:
+            next_step = continuation_event_id(event.broadcast_id, step.cursor)
             await add_to_outbox(
                 ctx.session,
                 event,
                 producer=PRODUCER,
                 caused_by=ctx.envelope,
-                event_id=continuation_event_id(event.broadcast_id, step.cursor),
+                event_id=next_step,
                 topic=broadcasts.name,
             )
         logger.info(
@@ -71,7 +89,7 @@ def build_handlers(
             step.skipped_blocked,
             "fan-out complete" if step.done else f"continuing after user {step.cursor}",
         )
-        await progress.report(ctx.session, event.broadcast_id)
+        await progress.report(ctx.session, event.broadcast_id, force=step.done)
 
     return handlers
 

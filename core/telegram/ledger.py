@@ -3,11 +3,12 @@
 ``sendMessage`` has no idempotency key, so exactly-once is impossible; the ledger makes the gap
 small and visible instead. Per send key:
 
-1. ``prepare`` — is there anything to do? ``sent``/``blocked`` → no (a redelivered event is not sent
-   again). ``unknown``, or ``pending`` older than the in-flight lease (the process died or timed out
-   mid-call) → only if the notification's ``resend_if_unknown`` says so; a younger ``pending`` is
-   another attempt still in flight → retry later.
-2. ``start_attempt`` — compare-and-set to ``pending`` right before the call (one winner per key).
+1. ``prepare`` (a read) — is there anything to do? ``sent``/``blocked`` → no (a redelivered event
+   is not sent again). ``unknown``, or ``pending`` older than the in-flight lease (the process died
+   or timed out mid-call) → only if the notification's ``resend_if_unknown`` says so; a younger
+   ``pending`` is another attempt still in flight → retry later.
+2. ``start_attempt`` — insert or compare-and-set to ``pending`` right before the call (one winner
+   per key): the intent, committed.
 3. ``finish`` — ``sent`` with the message id, ``retry`` (not delivered: 429, 5xx, refused
    connection), ``unknown`` (cut off mid-call), ``blocked`` (and ``users.bot_blocked_at`` set in the
    same statement) or ``failed`` with the error.
@@ -39,16 +40,8 @@ _ATTEMPTABLE = (SendStatus.NEW, SendStatus.RETRY, SendStatus.FAILED)
 
 _PREPARE = text(
     """
-    WITH inserted AS (
-        INSERT INTO telegram_sends (send_key, chat_id, user_id, priority, method, status)
-        VALUES (:key, :chat_id, :user_id, :priority, :method, 'new')
-        ON CONFLICT (send_key) DO NOTHING
-        RETURNING status, telegram_message_id, NULL::float8 AS age_s
-    )
-    SELECT status, telegram_message_id, age_s FROM inserted
-    UNION ALL
     SELECT status, telegram_message_id, extract(epoch FROM clock_timestamp() - attempted_at)::float8
-    FROM telegram_sends WHERE send_key = :key AND NOT EXISTS (SELECT FROM inserted)
+    FROM telegram_sends WHERE send_key = :key
     """
 )
 _EXPIRE_PENDING = text(
@@ -61,10 +54,13 @@ _EXPIRE_PENDING = text(
 )
 _START = text(
     """
-    UPDATE telegram_sends
-    SET status = 'pending', chat_id = :chat_id, attempts = attempts + 1,
-        attempted_at = clock_timestamp(), finished_at = NULL
-    WHERE send_key = :key AND status = ANY(CAST(:allowed AS varchar[]))
+    INSERT INTO telegram_sends AS s
+        (send_key, chat_id, user_id, priority, method, status, attempts, attempted_at)
+    VALUES (:key, :chat_id, :user_id, :priority, :method, 'pending', 1, clock_timestamp())
+    ON CONFLICT (send_key) DO UPDATE
+    SET status = 'pending', chat_id = EXCLUDED.chat_id, attempts = s.attempts + 1,
+        attempted_at = EXCLUDED.attempted_at, finished_at = NULL
+    WHERE s.status = ANY(CAST(:allowed AS varchar[]))
     RETURNING (
         SELECT coalesce(max(extract(epoch FROM paused_until - clock_timestamp())), 0)::float8
         FROM telegram_rate_limits WHERE scope = ANY(CAST(:pause_scopes AS varchar[]))
@@ -157,11 +153,15 @@ class SendLedger:
         self._lease_s = lease_s
 
     async def prepare(self, intent: SendIntent, *, resend_if_unknown: bool) -> Prepared:
-        """Register the send if new; decide whether it is to be sent (see the module docstring)."""
+        """Is there anything to send? (see the module docstring). A read: nothing is committed.
+
+        Read before a rate-limit slot is taken, so a redelivered batch does not spend slots on
+        messages that went out already.
+        """
         async with self._engine.connect() as connection:
-            row = (await connection.execute(_PREPARE, intent.params())).one_or_none()
-            if row is None:  # registered by a concurrent attempt a moment ago
-                return Prepared(Verdict.IN_FLIGHT, SendStatus.PENDING)
+            row = (await connection.execute(_PREPARE, {"key": intent.key})).one_or_none()
+            if row is None:
+                return Prepared(Verdict.SEND, SendStatus.NEW)
             status, message_id, age = SendStatus(row[0]), row[1], row[2]
             decided = verdict(status, age, resend_if_unknown=resend_if_unknown, lease_s=self._lease_s)
             if status is SendStatus.PENDING and decided is not Verdict.IN_FLIGHT:
@@ -171,19 +171,17 @@ class SendLedger:
         return Prepared(decided, status, message_id)
 
     async def start_attempt(
-        self, key: str, chat_id: int, *, resend_if_unknown: bool, pause_scopes: Sequence[str]
+        self, intent: SendIntent, *, resend_if_unknown: bool, pause_scopes: Sequence[str]
     ) -> float | None:
-        """Record the intent right before the call: None if another attempt got there first.
+        """Record the intent right before the call (one commit); None if another attempt got there first.
 
-        In the same round trip it reads the 429 pauses covering the send (`pause_scopes`) and
+        In the same statement it reads the 429 pauses covering the send (`pause_scopes`) and
         returns the seconds left of the longest: above zero, the caller must not call now.
         """
         allowed = [s.value for s in _ATTEMPTABLE] + ([SendStatus.UNKNOWN.value] if resend_if_unknown else [])
+        params = {**intent.params(), "allowed": allowed, "pause_scopes": list(pause_scopes)}
         async with self._engine.connect() as connection:
-            paused = await connection.scalar(
-                _START,
-                {"key": key, "chat_id": chat_id, "allowed": allowed, "pause_scopes": list(pause_scopes)},
-            )
+            paused = (await connection.execute(_START, params)).scalar_one_or_none()
         return None if paused is None else max(0.0, float(paused))
 
     async def finish(

@@ -71,7 +71,8 @@ class TelegramRateLimit(Base):
     """
 
     __tablename__ = "telegram_rate_limits"
-    __table_args__ = (Index("ix_telegram_rate_limits_next_at", "next_at"),)
+    # No index besides the key: the bot's row is updated at the full send rate, and an index on
+    # next_at would rule out HOT updates (a new index entry per send). The idle-row sweep scans.
 
     scope: Mapped[str] = mapped_column(String(64), primary_key=True)
     next_at: Mapped[datetime | None]

@@ -119,14 +119,21 @@ class TelegramSender:
     """Build one per process with ``TelegramSender.create(settings)``; ``await close()`` at shutdown."""
 
     def __init__(
-        self, bot: Bot, engine: AsyncEngine, settings: SenderSettings, *, clock: Clock | None = None
+        self,
+        bot: Bot,
+        engine: AsyncEngine,
+        settings: SenderSettings,
+        *,
+        clock: Clock | None = None,
+        limits_engine: AsyncEngine | None = None,
     ) -> None:
         self.bot = bot
         self.engine = engine
+        self.limits_engine = limits_engine or engine
         self.settings = settings
         self.clock = clock or SystemClock()
         self.ledger = SendLedger(engine, lease_s=settings.in_flight_lease_s)
-        self.gate = RateGate(engine, settings, bot.id)
+        self.gate = RateGate(self.limits_engine, settings, bot.id)
 
     @classmethod
     def create(
@@ -141,11 +148,19 @@ class TelegramSender:
             timeout=settings.telegram.request_timeout_s,
         )
         bot = Bot(settings.telegram.bot_token.get_secret_value(), session=session)
-        return cls(bot, ledger_engine(settings.database, sender_settings), sender_settings, clock=clock)
+        return cls(
+            bot,
+            ledger_engine(settings.database, sender_settings),
+            sender_settings,
+            clock=clock,
+            limits_engine=ledger_engine(settings.database, sender_settings, durable=False),
+        )
 
     async def close(self) -> None:
         await self.bot.session.close()
         await self.engine.dispose()
+        if self.limits_engine is not self.engine:
+            await self.limits_engine.dispose()
 
     # --- messages ---------------------------------------------------------------------------------
 
@@ -174,8 +189,7 @@ class TelegramSender:
     ) -> tuple[SendOutcome, int, int | None]:
         chat_id = await self.ledger.current_chat_id(chat_id)
         prepared = await self.ledger.prepare(
-            SendIntent(key, chat_id, request.user_id, request.priority.value, part.method),
-            resend_if_unknown=request.resend_if_unknown,
+            self._intent(request, part, key, chat_id), resend_if_unknown=request.resend_if_unknown
         )
         if prepared.verdict is Verdict.IN_FLIGHT:
             raise SendInFlight(f"send {key} was started moments ago and has no outcome yet")
@@ -185,8 +199,7 @@ class TelegramSender:
         while True:
             slot_at = await self.gate.wait_for_slot(chat_id, request.priority, deadline=deadline)
             paused = await self.ledger.start_attempt(
-                key,
-                chat_id,
+                self._intent(request, part, key, chat_id),
                 resend_if_unknown=request.resend_if_unknown,
                 pause_scopes=self.gate.pause_scopes(chat_id),
             )
@@ -210,6 +223,10 @@ class TelegramSender:
                     continue
                 return await self._give_up(key, request, chat_id, failure), chat_id, None
             return SendOutcome.SENT, chat_id, message_id
+
+    @staticmethod
+    def _intent(request: SendRequest, part: Part, key: str, chat_id: int) -> SendIntent:
+        return SendIntent(key, chat_id, request.user_id, request.priority.value, part.method)
 
     async def _call_recorded(self, key: str, part: Part, chat_id: int) -> int | None:
         """The Bot API call between a committed intent and a committed outcome."""
@@ -413,13 +430,15 @@ class TelegramSender:
         raise TelegramTransientError(f"{method}: chat {chat_id} keeps migrating")
 
 
-def ledger_engine(database: DatabaseSettings, sender: SenderSettings) -> AsyncEngine:
-    """Autocommit connections for the ledger and the limits: every step is one statement.
+def ledger_engine(database: DatabaseSettings, sender: SenderSettings, *, durable: bool = True) -> AsyncEngine:
+    """Autocommit connections for the ledger (durable) or the limits: every step is one statement.
 
     Its own pool: a handler holds a connection for its unit of work while it waits on the sender,
     so sharing one pool could leave the sender without a connection to record an outcome with.
     No pre-ping: it would double the round trips; a connection broken by a database restart fails
-    one send, which the pipeline retries.
+    one send, which the pipeline retries. The limits' state is worth less than a disk flush per
+    send (``durable=False``: synchronous_commit off): a database crash loses at most its last
+    fraction of a second, while every process sits waiting for the database anyway.
     """
     return create_async_engine(
         database.url.get_secret_value(),
@@ -431,6 +450,7 @@ def ledger_engine(database: DatabaseSettings, sender: SenderSettings) -> AsyncEn
             "server_settings": {
                 "statement_timeout": str(database.statement_timeout_ms),
                 "application_name": "dianabot-sender",
+                "synchronous_commit": "on" if durable else "off",
             }
         },
     )

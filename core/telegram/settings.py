@@ -44,9 +44,10 @@ class SenderSettings(BaseSettings):
         "long behind bulk traffic.",
     )
     late_slot_s: float = Field(
-        0.1,
+        0.05,
         gt=0,
-        description="A reserved slot woken up later than this (a stalled process) is given up and re-taken.",
+        description="A slot whose call would start later than this after it (a stalled process) is given "
+        "up and a new one taken; with the headroom below Telegram's limit it bounds bunching.",
     )
     max_wait_in_call_s: float = Field(
         30.0,
@@ -64,7 +65,11 @@ class SenderSettings(BaseSettings):
         8, ge=1, le=64, description="Sends one batch of notifications runs concurrently (distinct users)."
     )
     broadcast_chunk_size: int = Field(
-        1000, ge=1, le=10_000, description="Recipients fanned out per broadcast step (keyset page size)."
+        200,
+        ge=1,
+        le=10_000,
+        description="Recipients fanned out per broadcast step (keyset page size); small pages keep each "
+        "step short, so the critical lane in the same process is not held up.",
     )
     broadcast_resend_if_unknown: bool = Field(
         False,

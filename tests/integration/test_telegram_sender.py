@@ -249,7 +249,13 @@ async def test_two_senders_together_keep_every_limit(
 async def test_critical_sends_overtake_a_bulk_backlog(sender: TelegramSender, double: TelegramDouble) -> None:
     bulk_chats = fresh_chat_ids(75)  # 3 s of sending at 25/s
     critical_chats = fresh_chat_ids(5)
-    bulk = [asyncio.create_task(sender.send(SendRequest(_key(), c, text("bulk")))) for c in bulk_chats]
+    in_flight = asyncio.Semaphore(sender.settings.parallel_sends)  # as a batch of notifications runs
+
+    async def bulk_send(chat: int) -> None:
+        async with in_flight:
+            await sender.send(SendRequest(_key(), chat, text("bulk")))
+
+    bulk = [asyncio.create_task(bulk_send(c)) for c in bulk_chats]
     await asyncio.sleep(0.5)
     started = time.monotonic()
     critical = [
@@ -260,7 +266,7 @@ async def test_critical_sends_overtake_a_bulk_backlog(sender: TelegramSender, do
     critical_took = time.monotonic() - started
     bulk_done = sum(task.done() for task in bulk)
     await asyncio.gather(*bulk)
-    assert critical_took < 1.0, critical_took
+    assert critical_took < 1.5, critical_took  # 5 slots + the bulk horizon, with slack for a busy machine
     assert bulk_done < len(bulk_chats) - 20  # the backlog was still there: critical went ahead of it
     assert double.stats()["violations_total"] == 0
 
