@@ -127,6 +127,14 @@ class UserMissionStatus(enum.StrEnum):
     CLAIMED = "claimed"
 
 
+class JoinRequestStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DECLINED = "declined"
+    EXPIRED = "expired"  # Telegram no longer had the request (expired, withdrawn, already a member)
+    FAILED = "failed"  # Telegram refused the approval for good (e.g. the bot lost its admin rights)
+
+
 class TimestampMixin:
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
@@ -210,6 +218,25 @@ class Subscription(TimestampMixin, Base):
     archived_at: Mapped[datetime | None]
 
 
+class VipInviteLink(Base):
+    """A single-use VIP invite link, recorded in the transaction of the grant that created it."""
+
+    __tablename__ = "vip_invite_links"
+    __table_args__ = (
+        Index("ix_vip_invite_links_user_id", "user_id"),
+        Index("ix_vip_invite_links_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    invite_link: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str | None] = mapped_column(String(32))  # Telegram allows 32 characters
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoked_at: Mapped[datetime | None]
+
+
 class Channel(Base):
     __tablename__ = "channels"
 
@@ -236,6 +263,30 @@ class ChannelPost(TimestampMixin, Base):
     telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
     is_protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     recurrence: Mapped[Recurrence | None] = mapped_column(_enum(Recurrence, "recurrence"))
+
+
+class ChannelJoinRequest(Base):
+    """A request to join a channel (free channels approve them after a waiting time).
+
+    Keyed by chat and Telegram user: the requester need not be a user of the bot yet, and Telegram
+    keeps at most one pending request per user and chat.
+    """
+
+    __tablename__ = "channel_join_requests"
+    __table_args__ = (
+        Index(
+            "ix_channel_join_requests_pending", "requested_at", postgresql_where=text("status = 'pending'")
+        ),
+        Index("ix_channel_join_requests_decided_at", "decided_at"),
+    )
+
+    chat_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    telegram_user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    requested_at: Mapped[datetime]
+    status: Mapped[JoinRequestStatus] = mapped_column(
+        _enum(JoinRequestStatus, "join_request_status"), default=JoinRequestStatus.PENDING
+    )
+    decided_at: Mapped[datetime | None]
 
 
 class Mission(Base):
@@ -272,6 +323,20 @@ class UserMission(Base):
     assigned_at: Mapped[datetime] = mapped_column(server_default=func.now())
     expires_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+
+
+class DailyGiftStreak(Base):
+    """A user's daily-gift streak: consecutive claims, each within 48 h of the one before."""
+
+    __tablename__ = "daily_gift_streaks"
+    __table_args__ = (
+        CheckConstraint("streak_days >= 0", name="streak_days_non_negative"),
+        Index("ix_daily_gift_streaks_running", "last_claimed_at", postgresql_where=text("streak_days > 0")),
+    )
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    streak_days: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_claimed_at: Mapped[datetime]
 
 
 # --- reliability machinery -----------------------------------------------------------------------
