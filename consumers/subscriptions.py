@@ -12,7 +12,8 @@ Handlers (consumer groups ``dianabot.subscriptions.{action}``):
 
 * ``send_expiry_reminder`` — the reminder with a renew button (stale ones, after a renewal, are dropped);
 * ``remove_expired_member`` — ban from the VIP channel, state back to free, farewell with a renew button;
-* ``grant_access`` — state VIP, unban, one single-use invite link sent once.
+* ``grant_access`` — state VIP, unban, one single-use invite link sent once (and recorded in
+  ``vip_invite_links`` with the grant).
 
 The rules live in ``core/domain/subscriptions.py``. Every message has a send-ledger key derived from
 its event id, so a redelivered or retried event never sends it twice; member calls are idempotent.
@@ -47,6 +48,7 @@ from core.domain.subscriptions import (
     archive_expired,
     expire_ended,
     mark_reminder_sent,
+    record_invite_link,
     record_kicked,
     reminders_due,
     set_user_free,
@@ -297,7 +299,16 @@ async def subscriptions_grant_access_task(event: Granting, ctx: HandlerContext) 
         logger.info("user blocked the bot: unbanned, no invite link sent", extra={"user_id": user.id})
         return
     ttl = settings_from(ctx.services).invite_link_ttl
-    link = await sender.create_invite_link(channel, expires_in=ttl, name=f"subscription {subscription.id}")
+    name = f"subscription {subscription.id}"
+    link = await sender.create_invite_link(channel, expires_in=ttl, name=name)
+    await record_invite_link(
+        ctx.session,
+        user_id=user.id,
+        subscription_id=subscription.id,
+        invite_link=link.url,
+        name=name,
+        expires_at=link.expires_at,
+    )
     params = {"invite_link": link.url, "expires_in": _duration(ttl)}
     await _send(ctx, user, key, "subscription.invite_link", params)
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from sqlalchemy import DateTime, Exists, Text, case, cast, exists, func, select, update
+from sqlalchemy import DateTime, Exists, Text, case, cast, delete, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.events import SubscriptionExpired, SubscriptionExpiring
 from contracts.ids import derived_event_id
-from core.models import Subscription, SubscriptionStatus, User, UserState
+from core.models import Subscription, SubscriptionStatus, User, UserState, VipInviteLink
 
 DEFAULT_REMINDER_WINDOWS: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=1))
 DEFAULT_ARCHIVE_AFTER = timedelta(days=30)
@@ -242,3 +242,42 @@ async def archive_expired(
         .returning(Subscription.id)
     )
     return len(archived.all())
+
+
+# --- invite links --------------------------------------------------------------------------------
+
+
+async def record_invite_link(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    subscription_id: int,
+    invite_link: str,
+    name: str | None,
+    expires_at: datetime,
+) -> None:
+    """Record a link just created, in the grant's transaction: it exists in the table iff the grant
+    committed (a grant rolled back and retried records the new link it creates instead)."""
+    await session.execute(
+        insert(VipInviteLink).values(
+            user_id=user_id,
+            subscription_id=subscription_id,
+            invite_link=invite_link,
+            name=name,
+            expires_at=expires_at,
+        )
+    )
+
+
+async def purge_expired_invite_links_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Delete one bounded batch of invite links that expired before ``cutoff``; call until it returns 0."""
+    oldest = (
+        select(VipInviteLink.id)
+        .where(VipInviteLink.expires_at < cutoff)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        delete(VipInviteLink).where(VipInviteLink.id.in_(oldest)).returning(VipInviteLink.id)
+    )
+    return len(result.all())

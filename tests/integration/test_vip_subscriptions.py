@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.subscriptions import subscriptions_remove_expired_member_task
@@ -20,7 +20,15 @@ from contracts.events import (
     SubscriptionStarted,
 )
 from core.clock import SystemClock
-from core.models import Channel, ChannelKind, Subscription, SubscriptionStatus, User, UserState
+from core.models import (
+    Channel,
+    ChannelKind,
+    Subscription,
+    SubscriptionStatus,
+    User,
+    UserState,
+    VipInviteLink,
+)
 from core.pipeline.errors import PermanentError
 from core.pipeline.handlers import HandlerContext
 from core.telegram.templates import render
@@ -246,6 +254,15 @@ async def test_a_new_subscriber_gets_one_invite_link_even_when_the_event_is_deli
     stored = vip.double.api.invite_links[link]
     assert int(stored["member_limit"]) == 1
     assert (await vip.user(user.id)).state is UserState.VIP
+    # Recorded once, with the grant, as the link the user was sent.
+    async with vip.sessions() as session:
+        [recorded] = (
+            await session.scalars(select(VipInviteLink).where(VipInviteLink.user_id == user.id))
+        ).all()
+    assert (recorded.invite_link, recorded.subscription_id) == (link, sub)
+    assert int(recorded.expires_at.timestamp()) == int(created.params["expire_date"])
+    assert recorded.name == f"subscription {sub}"
+    assert recorded.revoked_at is None
 
 
 async def test_a_renewal_unbans_a_removed_member_and_invites_them_but_not_a_current_member(
