@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.events import JobCompleted, JobFailed, SchedulerTick
 from contracts.ids import derived_event_id
 from contracts.topics import TopicSpec
+from core.domain.subscriptions import purge_expired_invite_links_before
 from core.jobs import (
     JobRun,
     Overlap,
@@ -47,6 +48,8 @@ from core.outbox import add_to_outbox
 from core.pipeline import ledger
 from core.pipeline.errors import describe
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+from core.telegram.broadcasts import purge_recipients_before
+from core.telegram.ledger import purge_sends_before
 from schedulers.jobs import JOBS_BY_NAME
 
 logger = logging.getLogger("dianabot.jobs")
@@ -185,12 +188,17 @@ class Retention:
     """How long bookkeeping rows are kept; pass another one as ``services["retention"]``.
 
     The ledger outlives the longest topic retention (dead letters and alerts: 30 days), so any
-    record that can still be redelivered or replayed is still recognised as a duplicate.
+    record that can still be redelivered or replayed is still recognised as a duplicate. The
+    send ledger is kept as long, for the same reason: it is what stops a replayed notification
+    from being sent twice. Broadcast recipients go with their sends (progress joins the two).
     """
 
     processed_events: timedelta = timedelta(days=35)
     published_outbox: timedelta = timedelta(days=7)
     job_runs: timedelta = timedelta(days=90)
+    telegram_sends: timedelta = timedelta(days=35)
+    broadcast_recipients: timedelta = timedelta(days=35)
+    expired_invite_links: timedelta = timedelta(days=7)
     batch_size: int = 5000
     max_batches: int = 1000
 
@@ -245,17 +253,18 @@ async def purge_in_batches(
 
 @jobs.scheduled("scheduled_daily_cleanup", timeout_s=900)
 async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
-    """Purge the ledger, published outbox rows and old job runs past their retention (from the slot)."""
+    """Purge bookkeeping rows past their retention (counted back from the slot), table by table."""
     retention = ctx.services.get("retention") or Retention()
     sessions = side_sessions(ctx.session)
+    purges: dict[str, tuple[Purge, timedelta]] = {
+        "processed_events_deleted": (ledger.purge_processed_before, retention.processed_events),
+        "outbox_rows_deleted": (purge_published_outbox_before, retention.published_outbox),
+        "job_runs_deleted": (purge_job_runs_before, retention.job_runs),
+        "telegram_sends_deleted": (purge_sends_before, retention.telegram_sends),
+        "broadcast_recipients_deleted": (purge_recipients_before, retention.broadcast_recipients),
+        "invite_links_deleted": (purge_expired_invite_links_before, retention.expired_invite_links),
+    }
     return {
-        "processed_events_deleted": await purge_in_batches(
-            sessions, ledger.purge_processed_before, tick.slot - retention.processed_events, retention
-        ),
-        "outbox_rows_deleted": await purge_in_batches(
-            sessions, purge_published_outbox_before, tick.slot - retention.published_outbox, retention
-        ),
-        "job_runs_deleted": await purge_in_batches(
-            sessions, purge_job_runs_before, tick.slot - retention.job_runs, retention
-        ),
+        count: await purge_in_batches(sessions, purge, tick.slot - keep, retention)
+        for count, (purge, keep) in purges.items()
     }

@@ -133,7 +133,8 @@ JOBS: tuple[JobDefinition, ...] = (
     JobDefinition(
         "scheduled_daily_cleanup",
         "0 3 * * *",
-        "Purge the processed-events ledger, published outbox rows and old job runs past retention.",
+        "Purge the processed-events and send ledgers, published outbox rows, old job runs, old broadcast "
+        "recipients and expired invite links past retention.",
         misfire_grace_s=2 * HOUR,
     ),
     JobDefinition(

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -31,9 +31,11 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    delete,
     func,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
@@ -301,3 +303,24 @@ class ProgressReporter:
 def _remove_gauge(broadcast_id: str, status: str) -> None:
     with contextlib.suppress(KeyError):
         metrics.BROADCAST_PROGRESS.remove(broadcast_id, status)
+
+
+async def purge_recipients_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Delete one bounded batch of recipient rows of broadcasts fanned out before ``cutoff``.
+
+    The broadcast's own row stays, with its counts; only the per-user rows (one per recipient,
+    the bulk of the table) go once their sends are past the send ledger's retention too.
+    """
+    oldest = (
+        select(BroadcastRecipient.broadcast_id, BroadcastRecipient.user_id)
+        .join(Broadcast, Broadcast.broadcast_id == BroadcastRecipient.broadcast_id)
+        .where(Broadcast.fanned_out_at < cutoff)
+        .limit(batch_size)
+        .with_for_update(of=BroadcastRecipient, skip_locked=True)
+    )
+    result = await session.execute(
+        delete(BroadcastRecipient)
+        .where(tuple_(BroadcastRecipient.broadcast_id, BroadcastRecipient.user_id).in_(oldest))
+        .returning(BroadcastRecipient.user_id)
+    )
+    return len(result.all())

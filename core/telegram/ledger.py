@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.telegram import metrics
@@ -255,3 +255,25 @@ async def unknown_sends(session: AsyncSession, *, lease_s: float, limit: int = 1
         .limit(limit)
     )
     return [UnknownSend(r[0], r[1], r[2], SendStatus(r[3]), r[4], r[5]) for r in rows]
+
+
+async def purge_sends_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Delete one bounded batch of sends whose last activity (outcome, else attempt, else creation)
+    is older than ``cutoff``; call until it returns 0.
+
+    A row still ``pending`` or ``unknown`` goes only once it is that old too: by then every event
+    that could send it again is past the topics' retention and the processed-events ledger's.
+    """
+    last_activity = func.coalesce(
+        TelegramSend.finished_at, TelegramSend.attempted_at, TelegramSend.created_at
+    )
+    oldest = (
+        select(TelegramSend.id)
+        .where(last_activity < cutoff)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        delete(TelegramSend).where(TelegramSend.id.in_(oldest)).returning(TelegramSend.id)
+    )
+    return len(result.all())

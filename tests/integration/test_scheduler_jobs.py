@@ -254,7 +254,14 @@ async def test_daily_cleanup_purges_past_retention_in_bounded_batches_and_report
     assert run.status is JobRunStatus.FINISHED, run.error
     assert run.counts["processed_events_deleted"] >= 5
     assert run.counts["outbox_rows_deleted"] >= 1
-    assert set(run.counts) == {"processed_events_deleted", "outbox_rows_deleted", "job_runs_deleted"}
+    assert set(run.counts) == {
+        "processed_events_deleted",
+        "outbox_rows_deleted",
+        "job_runs_deleted",
+        "telegram_sends_deleted",
+        "broadcast_recipients_deleted",
+        "invite_links_deleted",
+    }
     async with session_factory() as session:
         ledger = set(
             await session.scalars(
