@@ -20,7 +20,7 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from consumers import content, gamification, subscriptions
+from consumers import channels, content, gamification, subscriptions
 from consumers.registry import HANDLER_GROUPS
 from core.clock import Clock, SystemClock
 from core.health import HealthServer, HealthServerError, broker_check, database_check
@@ -146,6 +146,7 @@ def production_services(settings: Settings) -> dict[str, Any]:
         SENDER_KEY: TelegramSender.create(settings, load_section(SenderSettings)),
         subscriptions.SETTINGS_KEY: load_section(subscriptions.SubscriptionSettings),
         content.SETTINGS_KEY: load_section(content.ContentSettings),
+        channels.SETTINGS_KEY: load_section(channels.ChannelSettings),
         gamification.SETTINGS_KEY: load_section(gamification.GamificationSettings),
         subscriptions.TIMEZONE_KEY: settings.tz,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from consumers import (
     broadcasts,
+    channels,
     content,
     economy,
     gamification,
@@ -27,5 +28,6 @@ HANDLER_GROUPS: tuple[HandlerGroup, ...] = (
     broadcasts.handlers,
     subscriptions.handlers,
     content.handlers,
+    channels.handlers,
     gamification.handlers,
 )

@@ -127,6 +127,21 @@ class SubscriptionCancelled(_UserEvent):
     reason: str | None = None
 
 
+# --- channel membership --------------------------------------------------------------------------
+
+
+class ChannelJoinRequested(EventPayload):
+    """Someone asked to join a channel (Telegram's ``chat_join_request`` update, passed on by the bot)."""
+
+    event_type: ClassVar[str] = "channel.join_requested"
+    chat_id: int = Field(description="The channel's Telegram chat id.")
+    telegram_user_id: int = Field(description="The requester's Telegram user id (may not be a bot user yet).")
+    requested_at: AwareDatetime = Field(description="When Telegram received the request (its ``date``).")
+
+    def aggregate_key(self) -> str:
+        return f"chat:{self.chat_id}:user:{self.telegram_user_id}"
+
+
 # --- channel content -----------------------------------------------------------------------------
 
 
@@ -211,6 +226,13 @@ class MissionCompleted(_UserEvent):
     event_type: ClassVar[str] = "gamification.mission_completed"
     mission_key: str
     period_start: date
+
+
+class DailyGiftClaimed(_UserEvent):
+    """The user pressed "claim" on the daily gift; the handler decides whether (and what) it pays."""
+
+    event_type: ClassVar[str] = "gamification.daily_gift_claimed"
+    claimed_at: AwareDatetime
 
 
 class BesitosEarned(_UserEvent):
@@ -305,6 +327,7 @@ ALL_EVENTS: tuple[type[EventPayload], ...] = (
     SubscriptionExpiring,
     SubscriptionExpired,
     SubscriptionCancelled,
+    ChannelJoinRequested,
     PostScheduled,
     PostPublished,
     PostFailed,
@@ -312,6 +335,7 @@ ALL_EVENTS: tuple[type[EventPayload], ...] = (
     BroadcastRequested,
     MissionAssigned,
     MissionCompleted,
+    DailyGiftClaimed,
     BesitosEarned,
     BesitosSpent,
     EconomyDriftDetected,

@@ -58,6 +58,12 @@ BROADCASTS = TopicSpec(
     key="broadcast:{broadcast_id}",
     description="Broadcast requests, fanned out into per-recipient sends.",
 )
+CHANNELS = TopicSpec(
+    name="dianabot.channels",
+    partitions=3,
+    key="chat:{chat_id}:user:{telegram_user_id}",
+    description="Channel membership: join requests.",
+)
 USERS = TopicSpec(
     name="dianabot.users", partitions=6, key="user:{user_id}", description="Registrations and activity."
 )
@@ -102,6 +108,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     NOTIFICATIONS_CRITICAL,
     NOTIFICATIONS_BULK,
     BROADCASTS,
+    CHANNELS,
     USERS,
     GAMIFICATION,
     ECONOMY,
@@ -119,6 +126,7 @@ ROUTES: dict[str, TopicSpec] = {
     "subscription.expiring": SUBSCRIPTIONS,
     "subscription.expired": SUBSCRIPTIONS,
     "subscription.cancelled": SUBSCRIPTIONS,
+    "channel.join_requested": CHANNELS,
     "post.scheduled": CONTENT,
     "post.published": CONTENT,
     "post.failed": CONTENT,
@@ -126,6 +134,7 @@ ROUTES: dict[str, TopicSpec] = {
     "broadcast.requested": BROADCASTS,
     "gamification.mission_assigned": GAMIFICATION,
     "gamification.mission_completed": GAMIFICATION,
+    "gamification.daily_gift_claimed": GAMIFICATION,
     "gamification.besitos_earned": GAMIFICATION,
     "gamification.besitos_spent": GAMIFICATION,
     "economy.drift_detected": ECONOMY,

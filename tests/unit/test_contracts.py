@@ -29,6 +29,8 @@ from contracts.events import (
     BesitosSpent,
     BroadcastRequested,
     Button,
+    ChannelJoinRequested,
+    DailyGiftClaimed,
     EconomyDriftDetected,
     JobCompleted,
     JobFailed,
@@ -73,6 +75,7 @@ SAMPLES: dict[str, EventPayload] = {
         SubscriptionExpiring(user_id=1, subscription_id=2, end_at=AT, reminder="7d"),
         SubscriptionExpired(user_id=1, subscription_id=2, end_at=AT),
         SubscriptionCancelled(user_id=1, subscription_id=2),
+        ChannelJoinRequested(chat_id=-100, telegram_user_id=11, requested_at=AT),
         PostScheduled(
             post_id="p1", channel_chat_id=-100, post_type="trivia", content=CONTENT, scheduled_for=AT
         ),
@@ -84,6 +87,7 @@ SAMPLES: dict[str, EventPayload] = {
         BroadcastRequested(broadcast_id="b1", audience="list", user_ids=(1, 2), content=CONTENT),
         MissionAssigned(user_id=1, mission_key="daily_react", period_start=date(2026, 3, 4)),
         MissionCompleted(user_id=1, mission_key="daily_react", period_start=date(2026, 3, 4)),
+        DailyGiftClaimed(user_id=1, claimed_at=AT),
         BesitosEarned(user_id=1, amount=10, source="mission", balance_after=10, idempotency_key="k1"),
         BesitosSpent(user_id=1, amount=5, reason="shop", balance_after=5, idempotency_key="k2"),
         EconomyDriftDetected(checked_at=AT, drifts={1: {"balance": 10, "transactions_sum": 9}}),

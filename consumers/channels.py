@@ -1,0 +1,169 @@
+"""Channel join requests: recorded from ``channel.join_requested``, approved after a waiting time.
+
+* handler ``record_join_request`` (group ``dianabot.channels.record_join_request``): records the
+  request once (``core/domain/channels.py``); a repeat changes nothing;
+* job ``scheduled_minutely_join_request_approval``: claims the free channels' requests that waited
+  ``join_request_wait`` by the tick's slot (``FOR UPDATE SKIP LOCKED``, at most
+  ``approvals_per_run``), approves each through the Telegram sender and records the outcome;
+* job ``scheduled_daily_join_request_cleanup``: deletes requests decided more than
+  ``join_request_retention`` ago, in bounded batches.
+
+Approval outcomes, per request: approved; ``expired`` when Telegram has no such request any more
+(expired, withdrawn, or the user is already in); ``failed`` when Telegram refuses for good (e.g.
+the bot lost its admin rights). A transient failure (5xx, network, a long rate-limit wait) leaves
+the request pending and skips the rest of its chat for this run: the next minute's run retries.
+Approving is idempotent at Telegram, so a run that approved and then failed to commit only makes
+the next run approve again, which Telegram answers as done or as no longer pending.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumers.jobs import ScheduledJobs, jobs
+from contracts.events import ChannelJoinRequested, SchedulerTick
+from contracts.topics import CHANNELS, TopicSpec
+from core.domain.channels import (
+    claim_waiting_requests,
+    decide,
+    purge_join_requests_before,
+    record_join_request,
+)
+from core.jobs import side_sessions
+from core.models import ChannelJoinRequest, JoinRequestStatus
+from core.pipeline.handlers import HandlerContext, HandlerGroup
+from core.telegram.errors import TelegramPermanentError, TelegramTransientError
+from core.telegram.sender import TelegramSender, sender_from
+
+logger = logging.getLogger("dianabot.channels")
+
+SETTINGS_KEY = "channels"
+"""The key of ``ChannelSettings`` in the pipeline's ``services`` (defaults when absent)."""
+
+
+class ChannelSettings(BaseSettings):
+    """``DIANABOT_CHANNELS__...``; read once by the composition root into ``services``."""
+
+    model_config = SettingsConfigDict(env_prefix="DIANABOT_CHANNELS__", extra="forbid", frozen=True)
+
+    join_request_wait: timedelta = Field(
+        timedelta(minutes=5),
+        description="How long a free-channel join request waits before it is approved (PT5M).",
+    )
+    approvals_per_run: int = Field(
+        50, ge=1, le=1000, description="Requests one approval run claims at most; the rest wait a minute."
+    )
+    join_request_retention: timedelta = Field(
+        timedelta(days=30), description="Decided join requests are deleted this long after (P30D)."
+    )
+    batch_size: int = Field(1000, ge=1, le=10_000, description="Rows per batch of the cleanup job.")
+    max_batches: int = Field(1000, ge=1, description="Batches one cleanup run deletes at most.")
+
+
+_DEFAULTS = ChannelSettings.model_construct()
+
+
+def settings_from(services: Mapping[str, Any]) -> ChannelSettings:
+    found = services.get(SETTINGS_KEY)
+    return found if isinstance(found, ChannelSettings) else _DEFAULTS
+
+
+# --- handler -------------------------------------------------------------------------------------
+
+
+async def channels_record_join_request_task(event: ChannelJoinRequested, ctx: HandlerContext) -> None:
+    """Record the join request; the approval job decides it when its wait is over."""
+    if await record_join_request(ctx.session, event):
+        logger.info("join request to chat %s recorded", event.chat_id)
+
+
+def build_handlers(*, module: str = "channels", topic: TopicSpec = CHANNELS) -> HandlerGroup:
+    """The module's handlers; tests pass their own module (hence consumer groups) and topic."""
+    group = HandlerGroup(module)
+    group.handler(ChannelJoinRequested, action="record_join_request", topics=(topic,))(
+        channels_record_join_request_task
+    )
+    return group
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+async def scheduled_minutely_join_request_approval(
+    tick: SchedulerTick, ctx: HandlerContext
+) -> dict[str, int]:
+    """Approve the requests that waited long enough by the tick's slot, in the job's transaction.
+
+    The claimed rows stay locked until the run commits, so a concurrent run skips them.
+    """
+    settings = settings_from(ctx.services)
+    sender = sender_from(ctx.services)
+    counts = {"approved": 0, "expired": 0, "failed": 0, "retrying": 0}
+    struggling: set[int] = set()
+    claimed = await claim_waiting_requests(
+        ctx.session, tick.slot, wait=settings.join_request_wait, limit=settings.approvals_per_run
+    )
+    for request in claimed:
+        if request.chat_id in struggling:
+            counts["retrying"] += 1
+            continue
+        outcome = await _approve(sender, request)
+        if outcome is None:
+            struggling.add(request.chat_id)
+            counts["retrying"] += 1
+            continue
+        decide(request, outcome, ctx.clock.now())
+        counts[outcome.value] += 1
+    if claimed:
+        logger.info("join requests: %s", counts)
+    return counts
+
+
+async def _approve(sender: TelegramSender, request: ChannelJoinRequest) -> JoinRequestStatus | None:
+    """Telegram's answer as the request's outcome; None when it is worth trying again later."""
+    try:
+        approved = await sender.approve_join_request(request.chat_id, request.telegram_user_id)
+    except TelegramPermanentError as error:
+        logger.error("join request to chat %s refused for good: %s", request.chat_id, error)
+        return JoinRequestStatus.FAILED
+    except TelegramTransientError as error:
+        logger.warning(
+            "join request to chat %s not approved yet (%s); retried next run", request.chat_id, error
+        )
+        return None
+    return JoinRequestStatus.APPROVED if approved else JoinRequestStatus.EXPIRED
+
+
+async def scheduled_daily_join_request_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+    """Delete join requests decided past the retention, one short transaction per batch."""
+    settings = settings_from(ctx.services)
+    sessions = side_sessions(ctx.session)
+    cutoff = tick.slot - settings.join_request_retention
+    deleted = 0
+    for _ in range(settings.max_batches):
+        async with sessions() as session, session.begin():
+            batch = await purge_join_requests_before(session, cutoff, settings.batch_size)
+        deleted += batch
+        if batch < settings.batch_size:
+            break
+    return {"join_requests_deleted": deleted}
+
+
+def register_jobs(registry: ScheduledJobs, *, ticks: tuple[TopicSpec, ...] = ()) -> None:
+    """Register the module's jobs; tests pass their own registry and tick topic."""
+    registry.scheduled("scheduled_minutely_join_request_approval", timeout_s=240, topics=ticks)(
+        scheduled_minutely_join_request_approval
+    )
+    registry.scheduled("scheduled_daily_join_request_cleanup", timeout_s=900, topics=ticks)(
+        scheduled_daily_join_request_cleanup
+    )
+
+
+handlers = build_handlers()
+register_jobs(jobs)
