@@ -6,12 +6,19 @@ Jobs (scheduler ticks; ``consumers/jobs.py`` records their runs):
   daily missions to active users for the slot's local day, page by page; one
   ``gamification.mission_assigned`` and one bulk prompt (``notification.requested``) per new assignment;
 * ``scheduled_weekly_mission_reset`` — the same for weekly missions and the slot's local ISO week;
-* ``scheduled_weekly_leaderboard`` — the week's top earners as a ``post.scheduled`` for the free channel.
+* ``scheduled_weekly_leaderboard`` — the week's top earners as a ``post.scheduled`` for the free channel;
+* ``scheduled_daily_streak_reset`` — daily-gift streaks whose last claim is over 48 h before the
+  slot are set to 0, in bounded batches.
 
-Handler (consumer group ``dianabot.gamification.award_mission``): ``gamification.mission_completed``
-pays the mission's besitos once (``core/domain/gamification.py``), then emits
-``gamification.besitos_earned`` and a notification. Users are only ever told through
-``notification.requested``; the notifications module sends it.
+Handlers (consumer groups ``dianabot.gamification.{action}``):
+
+* ``award_mission`` — ``gamification.mission_completed`` pays the mission's besitos once
+  (``core/domain/gamification.py``), then emits ``gamification.besitos_earned`` and a notification;
+* ``claim_daily_gift`` — ``gamification.daily_gift_claimed`` pays the base reward (and the bonus of a
+  streak milestone) once per 24 h, extending the streak or starting it again after 48 h, then emits
+  one ``gamification.besitos_earned`` per payment and a notification.
+
+Users are only ever told through ``notification.requested``; the notifications module sends it.
 
 Periods are local to the bot's timezone (``services["timezone"]``, UTC when absent) and taken from
 the tick's slot, not the wall clock, so a late or caught-up tick still assigns for its own day.
@@ -32,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from consumers.jobs import ScheduledJobs, jobs
 from contracts.events import (
     BesitosEarned,
+    DailyGiftClaimed,
     MessageContent,
     MissionAssigned,
     MissionCompleted,
@@ -45,15 +53,19 @@ from contracts.topics import GAMIFICATION, TopicSpec
 from core.domain.gamification import (
     Assignment,
     Award,
+    DailyGift,
+    DailyGiftRules,
     Period,
     active_missions,
     active_user_ids,
     assign_missions,
     award_mission,
+    claim_daily_gift,
     expire_unfinished,
     leaderboard_text,
     local_day,
     local_week,
+    reset_broken_streaks,
     top_earners,
     week_label,
 )
@@ -86,6 +98,24 @@ class GamificationSettings(BaseSettings):
         1000, ge=1, description="Pages one job run handles at most (expiry batches too); the rest waits."
     )
     leaderboard_size: int = Field(10, ge=1, le=50, description="How many users the weekly leaderboard shows.")
+    daily_gift_base: int = Field(10, ge=1, description="Besitos the daily gift pays on every claim.")
+    daily_gift_bonuses: dict[int, int] = Field(
+        {3: 20, 7: 50, 14: 100, 30: 300},
+        description='Extra besitos on the day a streak reaches each length, as JSON: {"3": 20, ...}.',
+    )
+    daily_gift_cooldown: timedelta = Field(timedelta(hours=24), description="One paid claim per (PT24H).")
+    streak_broken_after: timedelta = Field(
+        timedelta(hours=48),
+        description="A claim later than this after the last one restarts the streak (PT48H).",
+    )
+
+    def daily_gift_rules(self) -> DailyGiftRules:
+        return DailyGiftRules(
+            base=self.daily_gift_base,
+            bonuses=dict(self.daily_gift_bonuses),
+            cooldown=self.daily_gift_cooldown,
+            streak_window=self.streak_broken_after,
+        )
 
 
 _DEFAULTS = GamificationSettings.model_construct()
@@ -125,6 +155,13 @@ def award_text(award: Award, language_code: str | None) -> str:
         f"✨ ¡Misión cumplida: {award.mission_title}! Has ganado {award.amount} besitos. "
         f"Saldo: {award.balance_after}."
     )
+
+
+def daily_gift_text(gift: DailyGift, language_code: str | None) -> str:
+    balance = gift.payments[-1].balance_after
+    if _is_english(language_code):
+        return f"🎁 Daily gift: +{gift.amount} besitos. Streak: {gift.streak_days} days. Balance: {balance}."
+    return f"🎁 Regalo diario: +{gift.amount} besitos. Racha: {gift.streak_days} días. Saldo: {balance}."
 
 
 # --- jobs ----------------------------------------------------------------------------------------
@@ -245,6 +282,25 @@ async def free_channel(session: AsyncSession) -> int:
     return chat_id
 
 
+async def scheduled_daily_streak_reset(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+    """Break the streaks whose last claim is more than the streak window before the slot, one short
+    transaction per batch (as the cleanup job), so a large backlog holds no long locks."""
+    settings = settings_from(ctx.services)
+    sessions = side_sessions(ctx.session)
+    reset = 0
+    for _ in range(settings.max_batches):
+        async with sessions() as session, session.begin():
+            batch = await reset_broken_streaks(
+                session, tick.slot, window=settings.streak_broken_after, limit=settings.batch_size
+            )
+        reset += batch
+        if batch < settings.batch_size:
+            break
+    if reset:
+        logger.info("%d daily-gift streaks broken", reset)
+    return {"streaks_reset": reset}
+
+
 def register_jobs(registry: ScheduledJobs, *, ticks: tuple[TopicSpec, ...] = ()) -> None:
     """Register the module's jobs; tests pass their own registry and tick topic."""
     registry.scheduled("scheduled_daily_mission_assignment", timeout_s=900, topics=ticks)(
@@ -254,6 +310,9 @@ def register_jobs(registry: ScheduledJobs, *, ticks: tuple[TopicSpec, ...] = ())
         scheduled_weekly_mission_reset
     )
     registry.scheduled("scheduled_weekly_leaderboard", topics=ticks)(scheduled_weekly_leaderboard)
+    registry.scheduled("scheduled_daily_streak_reset", timeout_s=900, topics=ticks)(
+        scheduled_daily_streak_reset
+    )
 
 
 # --- handlers ------------------------------------------------------------------------------------
@@ -288,6 +347,34 @@ async def gamification_award_mission_task(event: MissionCompleted, ctx: HandlerC
     await ctx.emit(notice, event_id=derived_event_id("notification.mission_award", award.idempotency_key))
 
 
+async def gamification_claim_daily_gift_task(event: DailyGiftClaimed, ctx: HandlerContext) -> None:
+    """Pay the daily gift (and a streak milestone's bonus) once, then announce it and tell the user."""
+    rules = settings_from(ctx.services).daily_gift_rules()
+    gift = await claim_daily_gift(
+        ctx.session, user_id=event.user_id, claimed_at=event.claimed_at, rules=rules
+    )
+    if gift is None:
+        logger.info("daily gift: nothing to pay (claimed within the cooldown, or a repeat)")
+        return
+    for payment in gift.payments:
+        earned = BesitosEarned(
+            user_id=gift.user_id,
+            amount=payment.amount,
+            source=payment.source,
+            balance_after=payment.balance_after,
+            idempotency_key=payment.idempotency_key,
+        )
+        await ctx.emit(earned, event_id=derived_event_id(BesitosEarned.event_type, payment.idempotency_key))
+    user = await ctx.session.get(User, gift.user_id)
+    if user is None or user.bot_blocked_at is not None or not gift.payments:
+        return
+    notice = NotificationRequested(
+        user_id=gift.user_id, content=MessageContent(text=daily_gift_text(gift, user.language_code))
+    )
+    key = gift.payments[0].idempotency_key
+    await ctx.emit(notice, event_id=derived_event_id("notification.daily_gift", key))
+
+
 def build_handlers(
     *,
     module: str = "gamification",
@@ -299,6 +386,9 @@ def build_handlers(
     group.handler(MissionCompleted, action="award_mission", retry_delays_s=retry_delays_s, topics=(topic,))(
         gamification_award_mission_task
     )
+    group.handler(
+        DailyGiftClaimed, action="claim_daily_gift", retry_delays_s=retry_delays_s, topics=(topic,)
+    )(gamification_claim_daily_gift_task)
     return group
 
 

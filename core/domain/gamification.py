@@ -1,16 +1,18 @@
-"""Missions and besitos: periods, assignment, expiry, the exactly-once award, the weekly leaderboard.
+"""Missions and besitos: periods, assignment, expiry, the exactly-once award, the daily gift and its
+streak, the weekly leaderboard.
 
 A mission is assigned once per user and period (the database's unique (user, mission, period_start)
 makes reassigning a no-op). An award is one ``Transaction`` whose idempotency key names the user,
 mission and period, inserted with the user's balance row locked; only an inserted transaction
-changes the balance, so a completion delivered twice, or carried by two events, pays once.
+changes the balance, so a completion delivered twice, or carried by two events, pays once. The
+daily gift pays the same way, keyed by the claim, with the streak row changed in that transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import String, func, literal, select, true, update
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import (
     Balance,
+    DailyGiftStreak,
     Mission,
     MissionType,
     Transaction,
@@ -30,10 +33,16 @@ from core.models import (
 )
 
 MISSION_SOURCE = "mission"
+DAILY_GIFT_SOURCE = "daily_reward"
+STREAK_SOURCE = "streak"
 
 
 class MissionNotFound(LookupError):
     """The completion names a mission (or an assignment) that does not exist: not retried."""
+
+
+class UserNotFound(LookupError):
+    """The event names a user that does not exist: not retried."""
 
 
 @dataclass(frozen=True)
@@ -233,18 +242,34 @@ async def award_mission(
 
 
 async def _pay(session: AsyncSession, user_id: int, amount: int, key: str, title: str) -> Award | None:
-    if amount <= 0:
-        return None
+    balance_after = await earn(
+        session, user_id, amount, key=key, source=MISSION_SOURCE, description=f"Mission: {title}"
+    )
+    return None if balance_after is None else Award(user_id, title, amount, balance_after, key)
+
+
+async def lock_balance(session: AsyncSession, user_id: int) -> None:
+    """Lock the user's balance row (created at 0 if missing) until the transaction ends."""
     await session.execute(pg_insert(Balance).values(user_id=user_id).on_conflict_do_nothing())
     await session.execute(select(Balance.user_id).where(Balance.user_id == user_id).with_for_update())
+
+
+async def earn(
+    session: AsyncSession, user_id: int, amount: int, *, key: str, source: str, description: str
+) -> int | None:
+    """Credit ``amount`` once per ``key`` with the balance row locked; the balance after, or None
+    when nothing was credited (a non-positive amount, or the key was paid already)."""
+    if amount <= 0:
+        return None
+    await lock_balance(session, user_id)
     inserted = await session.scalar(
         pg_insert(Transaction)
         .values(
             user_id=user_id,
             amount=amount,
             type=TransactionType.EARN,
-            source=MISSION_SOURCE,
-            description=f"Mission: {title}"[:500],
+            source=source,
+            description=description[:500],
             idempotency_key=key,
         )
         .on_conflict_do_nothing(index_elements=[Transaction.idempotency_key])
@@ -258,7 +283,95 @@ async def _pay(session: AsyncSession, user_id: int, amount: int, key: str, title
         .values(amount=Balance.amount + amount, total_earned=Balance.total_earned + amount)
         .returning(Balance.amount)
     )
-    return Award(user_id, title, amount, int(balance_after or 0), key)
+    return int(balance_after or 0)
+
+
+# --- the daily gift and its streak ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DailyGiftRules:
+    """What the daily gift pays and when: one claim per ``cooldown``; a claim within
+    ``streak_window`` of the previous one extends the streak, a later one starts it again."""
+
+    base: int = 10
+    bonuses: Mapping[int, int] = field(default_factory=lambda: {3: 20, 7: 50, 14: 100, 30: 300})
+    cooldown: timedelta = timedelta(hours=24)
+    streak_window: timedelta = timedelta(hours=48)
+
+
+def next_streak(
+    streak_days: int, last_claimed_at: datetime | None, claimed_at: datetime, rules: DailyGiftRules
+) -> int | None:
+    """The streak after a claim at ``claimed_at``; None when the claim comes within the cooldown of
+    the last one (or before it: a late duplicate), which pays nothing."""
+    if last_claimed_at is not None and claimed_at < last_claimed_at + rules.cooldown:
+        return None
+    if last_claimed_at is None or streak_days == 0 or claimed_at - last_claimed_at > rules.streak_window:
+        return 1
+    return streak_days + 1
+
+
+@dataclass(frozen=True)
+class Payment:
+    """Besitos just credited: the amount, its transaction's key and source, the balance after."""
+
+    amount: int
+    idempotency_key: str
+    source: str
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class DailyGift:
+    """A claim that paid: the streak it made and the payments (the base reward, a milestone bonus)."""
+
+    user_id: int
+    streak_days: int
+    payments: tuple[Payment, ...]
+
+    @property
+    def amount(self) -> int:
+        return sum(p.amount for p in self.payments)
+
+
+def daily_gift_key(user_id: int, claimed_at: datetime, source: str = DAILY_GIFT_SOURCE) -> str:
+    return f"{source}:{user_id}:{claimed_at.astimezone(UTC).isoformat()}"
+
+
+async def claim_daily_gift(
+    session: AsyncSession, *, user_id: int, claimed_at: datetime, rules: DailyGiftRules
+) -> DailyGift | None:
+    """Pay the daily gift for a claim at ``claimed_at`` once and move the streak; None when the
+    claim is within the cooldown (a second press, or the same claim delivered again).
+
+    The balance row is locked first (as every besitos change does), so claims of one user
+    serialise; then the streak row, which the streak reset job only ever takes with SKIP LOCKED.
+    """
+    if await session.get(User, user_id) is None:
+        raise UserNotFound(f"user {user_id} not found")
+    await lock_balance(session, user_id)
+    streak = await session.get(DailyGiftStreak, user_id, with_for_update=True, populate_existing=True)
+    days = next_streak(
+        streak.streak_days if streak else 0, streak.last_claimed_at if streak else None, claimed_at, rules
+    )
+    if days is None:
+        return None
+    if streak is None:
+        session.add(DailyGiftStreak(user_id=user_id, streak_days=days, last_claimed_at=claimed_at))
+    else:
+        streak.streak_days, streak.last_claimed_at = days, claimed_at
+    amounts = (
+        (DAILY_GIFT_SOURCE, rules.base, "Daily gift"),
+        (STREAK_SOURCE, rules.bonuses.get(days, 0), f"Streak of {days} days"),
+    )
+    payments = []
+    for source, amount, description in amounts:
+        key = daily_gift_key(user_id, claimed_at, source)
+        balance_after = await earn(session, user_id, amount, key=key, source=source, description=description)
+        if balance_after is not None:
+            payments.append(Payment(amount, key, source, balance_after))
+    return DailyGift(user_id, days, tuple(payments))
 
 
 # --- weekly leaderboard --------------------------------------------------------------------------
@@ -308,3 +421,25 @@ def week_label(week_start: date) -> str:
     """An ISO week label, e.g. ``2025-W07``: the leaderboard post's id is derived from it."""
     year, week, _ = week_start.isocalendar()
     return f"{year}-W{week:02d}"
+
+
+# --- streak reset --------------------------------------------------------------------------------
+
+
+async def reset_broken_streaks(session: AsyncSession, now: datetime, *, window: timedelta, limit: int) -> int:
+    """Set to 0 one bounded batch of running streaks whose last claim is more than ``window`` before
+    ``now``; call until it returns fewer than ``limit``. Rows a claim holds are skipped: that claim
+    decides the streak itself (with the same rule)."""
+    broken = (
+        select(DailyGiftStreak.user_id)
+        .where(DailyGiftStreak.streak_days > 0, DailyGiftStreak.last_claimed_at < now - window)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        update(DailyGiftStreak)
+        .where(DailyGiftStreak.user_id.in_(broken.scalar_subquery()))
+        .values(streak_days=0)
+        .returning(DailyGiftStreak.user_id)
+    )
+    return len(result.all())
