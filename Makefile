@@ -50,6 +50,7 @@ test: venv up lint typecheck
 bench: venv up migrate
 	$(LOCAL_ENV) $(BIN)/python -m bench.pipeline
 	$(LOCAL_ENV) $(BIN)/python -m bench.scheduler --seconds 60
+	$(LOCAL_ENV) $(BIN)/python -m bench.telegram
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
