@@ -20,12 +20,13 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from consumers import channels, content, gamification, subscriptions
+from consumers import channels, content, gamification, monitoring, subscriptions
 from consumers.registry import HANDLER_GROUPS
 from core.clock import Clock, SystemClock
 from core.health import HealthServer, HealthServerError, broker_check, database_check
 from core.kafka import admin_client, create_broker
 from core.lag import lag_metrics_updater
+from core.monitoring import MonitoringSettings
 from core.outbox import OutboxRelay
 from core.pipeline.consumer import (
     TopicDeclaration,
@@ -44,6 +45,7 @@ from core.telegram.sender import SERVICE_KEY as SENDER_KEY
 from core.telegram.sender import TelegramSender
 from core.telegram.settings import SenderSettings
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
+from schedulers.settings import SchedulerSettings
 
 logger = logging.getLogger("dianabot.consumers")
 PRODUCER = "dianabot-jobs"
@@ -149,6 +151,14 @@ def production_services(settings: Settings) -> dict[str, Any]:
         channels.SETTINGS_KEY: load_section(channels.ChannelSettings),
         gamification.SETTINGS_KEY: load_section(gamification.GamificationSettings),
         subscriptions.TIMEZONE_KEY: settings.tz,
+        monitoring.SERVICE_KEY: monitoring.Monitoring(
+            load_section(MonitoringSettings),
+            settings.kafka,
+            settings.telegram.admin_chat_id,
+            # The same job table (enabled flags, cron overrides) the scheduler emits ticks for.
+            tuple(load_section(SchedulerSettings).resolve_jobs()),
+            settings.tz,
+        ),
     }
 
 
@@ -161,6 +171,14 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
         {"database": database_check(consumers.resources.engine), "kafka": broker_check(consumers.broker)},
         before_scrape=lag_metrics_updater(settings.kafka),
     )
+    watching = options["services"].get(monitoring.SERVICE_KEY)
+    watchdog = (
+        monitoring.build_watchdog(consumers.resources.engine, watching, sender)
+        if isinstance(watching, monitoring.Monitoring) and isinstance(sender, TelegramSender)
+        else None
+    )
+    stop_watchdog = asyncio.Event()
+    watchdog_tasks: list[asyncio.Task[None]] = []
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -175,6 +193,9 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
     @app.after_startup
     async def start_relay_and_announce() -> None:
         consumers.start_relay()
+        if watchdog is not None:
+            # The pipeline cannot report its own database or Kafka being down: this task can.
+            watchdog_tasks.append(asyncio.create_task(watchdog.run(stop_watchdog), name="watchdog"))
         try:
             await health.start()
         except HealthServerError as error:
@@ -190,6 +211,10 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
 
     @app.on_shutdown
     async def stop_relay() -> None:
+        stop_watchdog.set()
+        for task in watchdog_tasks:
+            with suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, timeout=10)
         await health.stop()
         await consumers.stop_relay()
         if isinstance(sender, TelegramSender):

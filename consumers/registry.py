@@ -13,6 +13,7 @@ from consumers import (
     economy,
     gamification,
     jobs,
+    monitoring,
     notifications,
     subscriptions,
     users,
@@ -30,4 +31,5 @@ HANDLER_GROUPS: tuple[HandlerGroup, ...] = (
     content.handlers,
     channels.handlers,
     gamification.handlers,
+    monitoring.handlers,
 )

@@ -31,3 +31,10 @@ CONSUMER_STALLS = Counter(
 )
 OUTBOX_PUBLISHED = Counter("dianabot_outbox_published_total", "Outbox rows published by the relay.")
 LAG = Gauge("dianabot_consumer_lag", "Records behind the end of the topic.", ["group", "topic"])
+OPEN_INCIDENTS = Gauge(
+    "dianabot_alert_incidents_open", "Open alert incidents, as the last heartbeat in this process saw them."
+)
+LAST_HEARTBEAT = Gauge(
+    "dianabot_monitoring_heartbeat_timestamp_seconds",
+    "Unix time of the last monitoring heartbeat this process ran (alert when it stops advancing).",
+)

@@ -379,5 +379,6 @@ class OutboxEvent(Base):
     published_at: Mapped[datetime | None]
 
 
+import core.incidents  # noqa: E402
 import core.jobs  # noqa: E402
 import core.telegram.models  # noqa: E402,F401

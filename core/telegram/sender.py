@@ -333,6 +333,14 @@ class TelegramSender:
             metrics.REQUESTS.labels(method, result).inc()
             metrics.REQUEST_SECONDS.labels(method).observe(time.perf_counter() - started)
 
+    async def send_unrecorded(self, chat_id: int, text: str) -> None:
+        """A plain text message with neither ledger nor shared limits, both of which live in PostgreSQL.
+
+        Only for the monitoring watchdog telling the admin chat that PostgreSQL or Kafka is down;
+        at most a few messages per incident, so Telegram's limits are not at risk. May duplicate.
+        """
+        await self._timed("sendMessage", self.bot.send_message(chat_id, text))
+
     # --- members and invite links -----------------------------------------------------------------
 
     async def ban_chat_member(self, chat_id: int, user_id: int, *, until: datetime | None = None) -> bool:

@@ -1,0 +1,538 @@
+"""The heartbeat's checks: what is wrong now, as findings with a stable alert key.
+
+Each check returns a ``CheckResult``: its findings and the keys it *covers* (could have found). An
+open incident whose key a check covers but no longer finds has cleared; one whose check could not
+run (Kafka down: no lag figures) stays open, so a blind heartbeat never announces a recovery.
+
+* ``lag_check``: consumer groups (``core/lag.py``) further behind than the threshold; retry groups
+  are left out, since their records wait for their due time by design;
+* ``dead_letter_check``: records added to the dead-letter topic since the previous heartbeat (its
+  end offsets, remembered in ``monitoring_counters``);
+* ``stale_jobs``: scheduled jobs whose last finished run is for a slot older than the schedule's
+  previous slot, once that slot is past its misfire grace plus a run allowance (pure);
+* ``probe_database`` / ``probe_kafka``: reachability within a short time limit. The heartbeat runs
+  them too, but it runs on PostgreSQL and Kafka, so it cannot report either being down: ``Watchdog``
+  probes both from inside each consumer process and tells the admin chat directly (see
+  ``consumers/monitoring.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiokafka.structs import TopicPartition
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from core.incidents import Severity, read_counter, write_counter
+from core.jobs import JobRun, JobRunStatus
+from core.kafka import admin_client
+from core.lag import DEFAULT_PREFIX, GroupLag, group_lags, log_bounds
+from core.pipeline.errors import describe
+from core.settings import KafkaSettings
+from schedulers.cron import CronSchedule
+from schedulers.jobs import JobDefinition
+
+logger = logging.getLogger("dianabot.monitoring")
+
+KEY_PREFIX = "monitoring."
+HEARTBEAT_JOB = "scheduled_minutely_monitoring_heartbeat"
+
+
+class MonitoringSettings(BaseSettings):
+    """``DIANABOT_MONITORING__...``; read once by the composition root into ``services``."""
+
+    model_config = SettingsConfigDict(env_prefix="DIANABOT_MONITORING__", extra="forbid", frozen=True)
+
+    lag_threshold: int = Field(
+        1000, ge=1, description="Records a consumer group may be behind before an alert."
+    )
+    lag_group_prefix: str = Field(DEFAULT_PREFIX, description="Consumer groups whose lag is watched.")
+    lag_ignored_prefixes: tuple[str, ...] = Field(
+        ("dianabot.cli.",),
+        description="Groups left out of the lag check (the CLI's dead-letter replay cursor lags by design).",
+    )
+    dead_letter_topic: str = Field("dianabot.dead_letters", description="The dead-letter topic watched.")
+    dead_letter_threshold: int = Field(
+        1, ge=1, description="New dead letters between two heartbeats that raise an alert."
+    )
+    run_allowance: timedelta = Field(
+        timedelta(minutes=10),
+        description="How long a job's run may take after its slot's misfire grace before it counts as "
+        "missing (PT10M).",
+    )
+    remind_every: timedelta = Field(
+        timedelta(hours=1), description="An open incident is re-announced at most this often (PT1H)."
+    )
+    quiet_resolve_after: timedelta = Field(
+        timedelta(days=2),
+        description="Incidents raised elsewhere (economy, posts) and not raised again for this long are "
+        "closed (P2D): their raisers never say when they clear.",
+    )
+    probe_timeout_s: float = Field(5.0, gt=0, description="Time limit of each reachability probe.")
+    watchdog_interval_s: float = Field(15.0, gt=0, description="How often the in-process watchdog probes.")
+    watchdog_failures: int = Field(
+        4, ge=1, description="Consecutive failed probes before the watchdog tells the admin chat."
+    )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something wrong now; ``key`` is the same for as long as it stays wrong (one incident)."""
+
+    key: str
+    severity: Severity
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    findings: list[Finding]
+    keys: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    def covers(self, key: str) -> bool:
+        return key in self.keys or key.startswith(self.prefixes)
+
+
+# --- lag -----------------------------------------------------------------------------------------
+
+
+def lag_key(group: str) -> str:
+    return f"{KEY_PREFIX}lag:{group}"
+
+
+def lag_findings(lags: Iterable[GroupLag], settings: MonitoringSettings) -> CheckResult:
+    """One finding per watched group whose total lag is above the threshold."""
+    totals: dict[str, int] = defaultdict(int)
+    topics: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for lag in lags:
+        if ".retry." in lag.group or lag.group.startswith(settings.lag_ignored_prefixes):
+            continue
+        totals[lag.group] += lag.lag
+        topics[lag.group][lag.topic] += lag.lag
+    findings = [
+        Finding(
+            lag_key(group),
+            "warning",
+            f"Consumer group {group} is {total} records behind (threshold {settings.lag_threshold}).",
+            {"group": group, "lag": total, "topics": dict(topics[group])},
+        )
+        for group, total in sorted(totals.items())
+        if total > settings.lag_threshold
+    ]
+    return CheckResult(findings, prefixes=(lag_key(settings.lag_group_prefix),))
+
+
+async def lag_check(kafka: KafkaSettings, settings: MonitoringSettings) -> CheckResult:
+    return lag_findings(await group_lags(kafka, prefix=settings.lag_group_prefix), settings)
+
+
+# --- dead letters --------------------------------------------------------------------------------
+
+
+def dead_letter_key(topic: str) -> str:
+    return f"{KEY_PREFIX}dead_letters:{topic}"
+
+
+def dead_letter_findings(
+    topic: str, previous: int | None, current: int, settings: MonitoringSettings
+) -> CheckResult:
+    """A finding when the topic grew by at least the threshold since the previous figure."""
+    key = dead_letter_key(topic)
+    grown = 0 if previous is None or current < previous else current - previous  # < : topic recreated
+    findings = []
+    if grown >= settings.dead_letter_threshold:
+        findings.append(
+            Finding(
+                key,
+                "warning",
+                f"{grown} new dead letters on {topic} since the previous heartbeat ({current} in all); "
+                "see `python -m core.cli dlq list`.",
+                {"topic": topic, "new": grown, "end_offsets_total": current},
+            )
+        )
+    return CheckResult(findings, keys=frozenset({key}))
+
+
+async def topic_end_total(kafka: KafkaSettings, topic: str) -> int:
+    """The sum of the topic's end offsets: how many records it ever received (0 if it does not exist)."""
+    admin = admin_client(kafka, "monitoring")
+    try:
+        await admin.start()
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(topic, int(p["partition"]))
+        for t in described
+        if t.get("error_code", 0) == 0
+        for p in t.get("partitions", [])
+    ]
+    bounds = await log_bounds(kafka, partitions)
+    return sum(end for _start, end in bounds.values())
+
+
+# --- stale jobs ----------------------------------------------------------------------------------
+
+
+def stale_key(job: str) -> str:
+    return f"{KEY_PREFIX}stale_job:{job}"
+
+
+_LOOKBACKS = (
+    timedelta(hours=2),
+    timedelta(days=2),
+    timedelta(days=9),
+    timedelta(days=32),
+    timedelta(days=367),
+)
+
+
+def previous_slot(schedule: CronSchedule, at: datetime) -> datetime | None:
+    """The schedule's last slot at or before ``at`` (None if none within a year).
+
+    Walks forward from a short look-back first, so a minutely job does not iterate over a week.
+    """
+    for lookback in _LOOKBACKS:
+        found = None
+        for slot in schedule.slots_after(at - lookback):
+            if slot > at:
+                break
+            found = slot
+        if found is not None:
+            return found
+    return None
+
+
+def watched_jobs(jobs: Iterable[JobDefinition]) -> list[JobDefinition]:
+    """Enabled jobs other than the heartbeat (which cannot report itself missing)."""
+    return [job for job in jobs if job.enabled and job.name != HEARTBEAT_JOB]
+
+
+def stale_jobs(
+    jobs: Sequence[JobDefinition],
+    last_finished: Mapping[str, datetime],
+    *,
+    now: datetime,
+    tz: ZoneInfo,
+    allowance: timedelta,
+    since: datetime | None,
+) -> CheckResult:
+    """Jobs whose schedule's previous due slot has no finished run (by slot) in time.
+
+    A slot is due once its misfire grace and the run allowance have passed. A job that never
+    finished counts from ``since`` (when jobs began running here), so a fresh deployment is not
+    flooded with alerts for slots from before it existed.
+    """
+    findings = []
+    for job in jobs:
+        deadline = timedelta(seconds=job.misfire_grace_s) + allowance
+        due = previous_slot(CronSchedule(job.cron, tz), now - deadline)
+        last = last_finished.get(job.name, since)
+        if due is None or last is None or last >= due:
+            continue
+        findings.append(
+            Finding(
+                stale_key(job.name),
+                "critical",
+                f"Job {job.name} has not run for its slot {due.isoformat()} "
+                f"(last finished run: {_when(last_finished.get(job.name))}).",
+                {
+                    "job": job.name,
+                    "cron": job.cron,
+                    "due_slot": due.isoformat(),
+                    "last_finished_slot": _when(last_finished.get(job.name)),
+                },
+            )
+        )
+    return CheckResult(findings, keys=frozenset(stale_key(job.name) for job in jobs))
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat() if moment is not None else "never"
+
+
+async def last_finished_slots(session: AsyncSession, jobs: Iterable[str]) -> dict[str, datetime]:
+    """The slot of each job's latest finished run."""
+    rows = await session.execute(
+        select(JobRun.job, func.max(JobRun.slot))
+        .where(JobRun.job.in_(list(jobs)), JobRun.status == JobRunStatus.FINISHED)
+        .group_by(JobRun.job)
+    )
+    return {job: slot for job, slot in rows}
+
+
+async def first_run_slot(session: AsyncSession) -> datetime | None:
+    """The earliest slot any job ran for: since when jobs run in this deployment."""
+    return await session.scalar(select(func.min(JobRun.slot)))
+
+
+# --- reachability --------------------------------------------------------------------------------
+
+DATABASE_KEY = f"{KEY_PREFIX}database"
+KAFKA_KEY = f"{KEY_PREFIX}kafka"
+
+Probe = Callable[[], Awaitable[Finding | None]]
+
+
+def database_probe(engine: AsyncEngine, timeout_s: float) -> Probe:
+    """A finding when PostgreSQL does not answer ``SELECT 1`` within ``timeout_s``."""
+
+    async def probe() -> Finding | None:
+        try:
+            async with asyncio.timeout(timeout_s), engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as error:
+            return _unreachable(DATABASE_KEY, "PostgreSQL", error, timeout_s)
+        return None
+
+    return probe
+
+
+def kafka_probe(kafka: KafkaSettings, timeout_s: float) -> Probe:
+    """A finding when Kafka does not give its cluster metadata within ``timeout_s``."""
+
+    async def probe() -> Finding | None:
+        admin = admin_client(kafka, "monitoring-probe")
+        try:
+            async with asyncio.timeout(timeout_s):
+                await admin.start()
+                await admin.list_topics()
+        except Exception as error:
+            return _unreachable(KAFKA_KEY, f"Kafka at {kafka.bootstrap_servers}", error, timeout_s)
+        finally:
+            await admin.close()
+        return None
+
+    return probe
+
+
+def _unreachable(key: str, what: str, error: Exception, timeout_s: float) -> Finding:
+    reason = (
+        f"no answer within {timeout_s:g}s"
+        if isinstance(error, TimeoutError)
+        else f"{type(error).__name__}: {describe(error, 200)}"
+    )
+    return Finding(key, "critical", f"{what} is unreachable: {reason}.", {"error": reason})
+
+
+async def probe_check(probe: Probe, key: str) -> CheckResult:
+    found = await probe()
+    return CheckResult([found] if found else [], keys=frozenset({key}))
+
+
+async def guarded(name: str, check: Awaitable[CheckResult]) -> CheckResult:
+    """A check that raised covers nothing (its incidents stay as they are) and is itself a finding."""
+    try:
+        return await check
+    except Exception as error:
+        logger.warning("check %s failed: %s: %s", name, type(error).__name__, describe(error, 200))
+        key = f"{KEY_PREFIX}check_failed:{name}"
+        return CheckResult(
+            [
+                Finding(
+                    key,
+                    "warning",
+                    f"The {name} check could not run: {type(error).__name__}: {describe(error, 200)}",
+                    {"check": name},
+                )
+            ]
+        )
+
+
+def merge(results: Iterable[CheckResult], checks: Iterable[str]) -> CheckResult:
+    """All findings and coverage; each check's ``check_failed`` key is covered, so it clears once
+    the check runs again."""
+    results = list(results)
+    failures = frozenset(f"{KEY_PREFIX}check_failed:{name}" for name in checks)
+    return CheckResult(
+        [f for r in results for f in r.findings],
+        keys=frozenset().union(*(r.keys for r in results)) | failures,
+        prefixes=tuple(p for r in results for p in r.prefixes),
+    )
+
+
+# --- the heartbeat's run -------------------------------------------------------------------------
+
+CHECKS = ("database", "kafka", "lag", "dead_letters", "stale_jobs")
+
+
+async def run_checks(
+    session: AsyncSession,
+    kafka: KafkaSettings,
+    settings: MonitoringSettings,
+    jobs: Sequence[JobDefinition],
+    *,
+    tz: ZoneInfo,
+    slot: datetime,
+    now: datetime,
+) -> CheckResult:
+    """Every check once. Kafka's figures are only read when Kafka answers: a check that cannot run
+    covers nothing, so its open incidents neither clear nor multiply."""
+    if session.bind is None or not isinstance(session.bind, AsyncEngine):
+        raise RuntimeError("the heartbeat needs a session bound to an engine")
+    timeout_s = settings.probe_timeout_s
+    database = await guarded("database", probe_check(database_probe(session.bind, timeout_s), DATABASE_KEY))
+    reached = await guarded("kafka", probe_check(kafka_probe(kafka, timeout_s), KAFKA_KEY))
+    results = [database, reached]
+    if not reached.findings:
+        results.append(await guarded("lag", lag_check(kafka, settings)))
+        results.append(await guarded("dead_letters", dead_letter_check(session, kafka, settings, now)))
+    results.append(await guarded("stale_jobs", stale_job_check(session, jobs, settings, tz=tz, slot=slot)))
+    return merge(results, CHECKS)
+
+
+async def dead_letter_check(
+    session: AsyncSession, kafka: KafkaSettings, settings: MonitoringSettings, now: datetime
+) -> CheckResult:
+    """Compare the topic's end offsets with the previous heartbeat's, and remember them (same transaction)."""
+    topic = settings.dead_letter_topic
+    current = await topic_end_total(kafka, topic)
+    counter = f"dead_letters:{topic}"
+    previous = await read_counter(session, counter)
+    await write_counter(session, counter, current, now)
+    return dead_letter_findings(topic, previous, current, settings)
+
+
+async def stale_job_check(
+    session: AsyncSession,
+    jobs: Sequence[JobDefinition],
+    settings: MonitoringSettings,
+    *,
+    tz: ZoneInfo,
+    slot: datetime,
+) -> CheckResult:
+    watched = watched_jobs(jobs)
+    last = await last_finished_slots(session, [job.name for job in watched])
+    since = await first_run_slot(session)
+    return stale_jobs(watched, last, now=slot, tz=tz, allowance=settings.run_allowance, since=since)
+
+
+def cleared(
+    open_keys: Mapping[str, datetime], result: CheckResult, *, now: datetime, quiet_after: timedelta
+) -> dict[str, str]:
+    """Open incidents (key -> last raised) that cleared, with why: covered by a check that no longer
+    finds them, or raised elsewhere and quiet for ``quiet_after``."""
+    found = {finding.key for finding in result.findings}
+    done = {}
+    for key, last_seen in open_keys.items():
+        if key in found:
+            continue
+        if result.covers(key):
+            done[key] = "the heartbeat no longer finds it"
+        elif not key.startswith(KEY_PREFIX) and now - last_seen >= quiet_after:
+            done[key] = f"not raised again for {_span(now - last_seen)}"
+    return done
+
+
+def _span(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    return f"{hours:.0f} h" if hours >= 1 else f"{span.total_seconds() / 60:.0f} min"
+
+
+# --- the daily summary ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobTotals:
+    job: str
+    runs: int
+    failed: int
+    skipped: int
+    max_duration_s: float | None
+
+
+async def job_totals(session: AsyncSession, since: datetime, until: datetime) -> list[JobTotals]:
+    """Per job, its runs for slots in [since, until): how many, failed, skipped, the longest."""
+    rows = await session.execute(
+        select(
+            JobRun.job,
+            func.count(),
+            func.count().filter(JobRun.status == JobRunStatus.FAILED),
+            func.count().filter(JobRun.status == JobRunStatus.SKIPPED),
+            func.max(JobRun.duration_s),
+        )
+        .where(JobRun.slot >= since, JobRun.slot < until)
+        .group_by(JobRun.job)
+        .order_by(JobRun.job)
+    )
+    return [JobTotals(job, runs, failed, skipped, longest) for job, runs, failed, skipped, longest in rows]
+
+
+# --- the watchdog --------------------------------------------------------------------------------
+
+Notify = Callable[[str], Awaitable[None]]
+
+
+class Watchdog:
+    """Probes PostgreSQL and Kafka every ``interval_s``; after ``failures`` failures in a row tells
+    the chat once (``notify``), and once more when the probe passes again. State is in memory: it
+    must work while the database is down, so it is per process and forgets on restart. A message
+    that could not be sent is tried again at the next probe."""
+
+    def __init__(
+        self,
+        probes: Mapping[str, Probe],
+        notify: Notify,
+        *,
+        interval_s: float,
+        failures: int,
+        origin: str = "",
+    ) -> None:
+        self.probes = dict(probes)
+        self.notify = notify
+        self.origin = origin
+        self.interval_s = interval_s
+        self.failures = failures
+        self.failed_in_row: dict[str, int] = defaultdict(int)
+        self.alerted: dict[str, Finding] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.probe_once()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+            except TimeoutError:
+                continue
+
+    async def probe_once(self) -> None:
+        names = list(self.probes)
+        found = await asyncio.gather(*(self.probes[name]() for name in names))
+        for name, finding in zip(names, found, strict=True):
+            await self._update(name, finding)
+
+    async def _update(self, name: str, finding: Finding | None) -> None:
+        if finding is None:
+            self.failed_in_row[name] = 0
+            was = self.alerted.get(name)
+            if was is not None and await self._tell(f"✅ Recovered: {name} is reachable again ({was.key})."):
+                del self.alerted[name]
+            return
+        self.failed_in_row[name] += 1
+        if self.failed_in_row[name] >= self.failures and name not in self.alerted:
+            message = (
+                f"🔴 CRITICAL: {finding.summary}\n{self.failed_in_row[name]} probes in a row failed "
+                "(jobs and alerts are stalled meanwhile)."
+            )
+            if await self._tell(message):
+                self.alerted[name] = finding
+
+    async def _tell(self, message: str) -> bool:
+        text = f"{message}\nSeen by consumer {self.origin}." if self.origin else message
+        try:
+            await self.notify(text)
+        except Exception as error:  # best effort: the next probe tries again
+            logger.warning("watchdog could not reach the admin chat: %s", describe(error, 200))
+            return False
+        return True

@@ -1,0 +1,392 @@
+"""Monitoring end to end: heartbeat ticks in over real Kafka, incidents in PostgreSQL, messages in the
+Bot API double's admin chat (each test has an admin chat, consumer groups and topics of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from consumers import monitoring
+from consumers.jobs import ScheduledJobs
+from contracts.envelope import EventEnvelope, EventPayload
+from contracts.events import AlertRaised, SchedulerTick
+from contracts.ids import derived_event_id
+from contracts.topics import TopicSpec
+from core.clock import SystemClock
+from core.incidents import AlertIncident
+from core.jobs import JobRun, JobRunStatus
+from core.lag import offsets_reader
+from core.models import ProcessedEvent
+from core.monitoring import HEARTBEAT_JOB, MonitoringSettings
+from core.pipeline.handlers import HandlerContext, HandlerGroup
+from core.settings import Settings
+from core.telegram.sender import SERVICE_KEY, TelegramSender
+from devstack.telegram_double import TelegramDouble
+from schedulers.jobs import JobDefinition
+from tests.integration.pipeline_support import RawProducer
+from tests.integration.test_gamification_support import era
+from tests.integration.test_telegram_support import (
+    fresh_chat_ids,
+    sender_for,
+    settings_for,
+    telegram_double,
+    wait_for,
+)
+from tests.integration.test_vip_support import running
+
+SUMMARY = monitoring.SUMMARY_JOB
+
+
+@dataclass
+class Stack:
+    """The monitoring jobs and the alert handler running on topics of their own, with the double."""
+
+    double: TelegramDouble
+    sender: TelegramSender
+    settings: Settings
+    producer: RawProducer
+    sessions: async_sessionmaker[AsyncSession]
+    services: dict[str, Any]
+    alerts: TopicSpec
+    ticks: TopicSpec
+    module: str
+    base: monitoring.Monitoring
+
+    @property
+    def handler(self) -> str:
+        return f"dianabot.{self.module}.notify_admin"
+
+    def watch(
+        self, jobs: tuple[JobDefinition, ...] = (), tz: str = "UTC", **settings: Any
+    ) -> monitoring.Monitoring:
+        """This test's own Monitoring from now on: its admin chat, jobs and settings (by default
+        no group's lag, the stack's own dead-letter topic)."""
+        watching = replace(
+            self.base,
+            settings=self.base.settings.model_copy(update=settings),
+            admin_chat_id=fresh_chat_ids(1)[0],
+            jobs=jobs,
+            timezone=ZoneInfo(tz),
+        )
+        self.services[monitoring.SERVICE_KEY] = watching
+        return watching
+
+    def texts(self) -> list[str]:
+        chat = self.services[monitoring.SERVICE_KEY].admin_chat_id
+        return [m.text or "" for m in self.double.messages_for(chat)]
+
+    async def publish(self, payload: EventPayload, topic: TopicSpec) -> EventEnvelope:
+        envelope = EventEnvelope.wrap(payload, producer="test")
+        await self.producer.send_event(topic.name, envelope)
+        return envelope
+
+    async def run_job(self, job: str, slot: datetime) -> EventEnvelope:
+        """Tick the job and wait until its run finished."""
+        tick = await self.publish(SchedulerTick(job=job, slot=slot, kind="manual"), self.ticks)
+
+        async def finished() -> bool:
+            async with self.sessions() as session:
+                run = await session.scalar(select(JobRun).where(JobRun.event_id == tick.event_id))
+            assert run is None or run.status is not JobRunStatus.FAILED, run.error
+            return run is not None and run.status is JobRunStatus.FINISHED
+
+        await wait_for(finished, within=60)
+        return tick
+
+    async def wait_handled(self, *event_ids: uuid.UUID) -> None:
+        """Until the alert handler committed every one of these events."""
+
+        async def done() -> bool:
+            async with self.sessions() as session:
+                rows = await session.scalars(
+                    select(ProcessedEvent.event_id).where(
+                        ProcessedEvent.consumer == self.handler, ProcessedEvent.event_id.in_(event_ids)
+                    )
+                )
+                return len(set(rows)) == len(set(event_ids))
+
+        await wait_for(done, within=60)
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    kafka: Settings, admin: AIOKafkaAdminClient, session_factory: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[Stack]:
+    run = uuid.uuid4().hex[:10]
+    # One partition: the alerts keep their order, as on the real (one-partition) alerts topic.
+    alerts, ticks, dead_letters = (
+        TopicSpec(name=f"test.mon.{run}.{name}", partitions=1, key="test")
+        for name in ("alerts", "ticks", "dead_letters")
+    )
+    await admin.create_topics(
+        [NewTopic(t.name, num_partitions=1, replication_factor=1) for t in (alerts, ticks, dead_letters)]
+    )
+    module = f"mon{run}"
+    registry = ScheduledJobs(HandlerGroup(f"{module}j"))
+    monitoring.register_jobs(registry, alerts=alerts, ticks=(ticks,))
+    groups = [monitoring.build_handlers(module=module, topic=alerts, retry_delays_s=(1.0,)), registry.group]
+    base = monitoring.Monitoring(
+        MonitoringSettings(lag_group_prefix=f"test.mon.{run}.none.", dead_letter_topic=dead_letters.name),
+        kafka.kafka,
+        0,
+        (),
+        ZoneInfo("UTC"),
+    )
+    async with telegram_double() as double:
+        settings = settings_for(double)
+        async with sender_for(double) as sender, RawProducer(settings) as producer:
+            services: dict[str, Any] = {SERVICE_KEY: sender, monitoring.SERVICE_KEY: base}
+            async with running(settings, groups, services):
+                yield Stack(
+                    double, sender, settings, producer, session_factory, services, alerts, ticks, module, base
+                )
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(autouse=True)
+async def _incidents_cleaned(stack: Stack, run_id: str) -> AsyncIterator[None]:
+    yield
+    async with stack.sessions() as session, session.begin():
+        await session.execute(delete(AlertIncident).where(AlertIncident.alert_key.contains(run_id)))
+
+
+async def settle() -> None:
+    """Time for anything that should not happen to show up."""
+    await asyncio.sleep(1.5)
+
+
+async def commit_offset(settings: Settings, group: str, topic: str, offset: int) -> None:
+    consumer = offsets_reader(settings.kafka, "test-commit", group_id=group)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: offset})
+    finally:
+        await consumer.stop()
+
+
+async def new_topic(admin: AIOKafkaAdminClient, name: str) -> str:
+    await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+    return name
+
+
+# --- lag -----------------------------------------------------------------------------------------
+
+
+async def test_a_lagging_group_raises_one_alert_and_one_recovery_once_it_catches_up(
+    stack: Stack, admin: AIOKafkaAdminClient, run_id: str
+) -> None:
+    prefix = f"test.mon.{run_id}."
+    topic = await new_topic(admin, f"{prefix}events")
+    group = f"{prefix}laggard"
+    stack.watch(lag_group_prefix=prefix, lag_threshold=3)
+    for n in range(5):
+        await stack.publish(
+            AlertRaised(alert_key=f"x{n}", severity="warning", summary="filler"),
+            TopicSpec(name=topic, partitions=1, key="k"),
+        )
+    await commit_offset(stack.settings, group, topic, 0)  # 5 records behind
+
+    slot = era()
+    first = await stack.run_job(HEARTBEAT_JOB, slot)
+    await wait_for(lambda: len(stack.texts()) == 1)
+    # Still lagging a minute later: the incident is updated, the chat is not told again.
+    second = await stack.run_job(HEARTBEAT_JOB, slot + timedelta(minutes=1))
+    key = f"monitoring.lag:{group}"
+    await stack.wait_handled(
+        derived_event_id("alert.raised", key, first.event_id),
+        derived_event_id("alert.raised", key, second.event_id),
+    )
+    await settle()
+    assert len(stack.texts()) == 1
+    assert stack.texts()[0].startswith(
+        f"🟠 WARNING: new incident\nConsumer group {group} is 5 records behind"
+    )
+
+    await commit_offset(stack.settings, group, topic, 5)
+    third = await stack.run_job(HEARTBEAT_JOB, slot + timedelta(minutes=2))
+    await wait_for(lambda: len(stack.texts()) == 2)
+    await stack.run_job(HEARTBEAT_JOB, slot + timedelta(minutes=3))  # nothing open: nothing to say
+    await stack.wait_handled(derived_event_id("alert.resolved", key, third.event_id))
+    await settle()
+
+    texts = stack.texts()
+    assert len(texts) == 2
+    assert texts[1].startswith(f"✅ Resolved: {key}\nCleared: the heartbeat no longer finds it.")
+    async with stack.sessions() as session:
+        incident = await session.get(AlertIncident, key)
+    assert incident is not None
+    assert incident.resolved_at is not None
+    assert incident.notify_count == 1
+
+
+async def test_an_open_incident_is_reannounced_once_the_remind_interval_passed(
+    stack: Stack, run_id: str
+) -> None:
+    stack.watch(remind_every=timedelta(seconds=2))
+    key = f"economy.drift.{run_id}"
+    raised = AlertRaised(alert_key=key, severity="warning", summary="drift")
+    await stack.wait_handled((await stack.publish(raised, stack.alerts)).event_id)
+    await stack.wait_handled((await stack.publish(raised, stack.alerts)).event_id)  # within 2 s
+    assert len(stack.texts()) == 1
+    await asyncio.sleep(2.1)
+    await stack.wait_handled((await stack.publish(raised, stack.alerts)).event_id)
+    critical = raised.model_copy(update={"severity": "critical", "summary": "worse drift"})
+    await stack.wait_handled((await stack.publish(critical, stack.alerts)).event_id)  # at once
+    await wait_for(lambda: len(stack.texts()) == 3)
+    await settle()
+
+    texts = stack.texts()
+    assert len(texts) == 3
+    assert texts[1].startswith("🟠 WARNING: still open (reminder 1)\ndrift")
+    assert texts[2].startswith("🔴 CRITICAL: now critical\nworse drift")
+
+
+# --- stale jobs and dead letters -----------------------------------------------------------------
+
+
+async def test_a_job_that_missed_its_slot_raises_a_critical_alert(stack: Stack, run_id: str) -> None:
+    job = JobDefinition(f"test_hourly_{run_id}", "0 * * * *", "test", misfire_grace_s=600)
+    stack.watch(jobs=(job,))
+    slot = era()  # on the hour
+    async with stack.sessions() as session, session.begin():
+        await session.execute(insert(JobRun).values(_run(job.name, slot - timedelta(hours=3))))
+    # At hh:30 the hh:00 slot is past its grace (10 min) and the run allowance (10 min).
+    await stack.run_job(HEARTBEAT_JOB, slot + timedelta(minutes=30))
+    await wait_for(lambda: stack.texts())
+    await settle()
+
+    [text] = stack.texts()
+    assert text.startswith(
+        f"🔴 CRITICAL: new incident\nJob {job.name} has not run for its slot {slot.isoformat()}"
+    )
+    assert f"last_finished_slot: {(slot - timedelta(hours=3)).isoformat()}" in text
+
+
+async def test_new_dead_letters_since_the_previous_heartbeat_raise_an_alert(
+    stack: Stack, admin: AIOKafkaAdminClient, run_id: str
+) -> None:
+    topic = await new_topic(admin, f"test.mon.{run_id}.dead_letters")
+    stack.watch(dead_letter_topic=topic)
+    slot = era()
+    await stack.run_job(HEARTBEAT_JOB, slot)  # the baseline: 0
+    dead = TopicSpec(name=topic, partitions=1, key="k")
+    for n in range(3):
+        await stack.publish(AlertRaised(alert_key=f"d{n}", severity="warning", summary="bad"), dead)
+    await stack.run_job(HEARTBEAT_JOB, slot + timedelta(minutes=1))
+    await wait_for(lambda: stack.texts())
+    await settle()
+
+    [text] = stack.texts()
+    assert text.startswith(
+        f"🟠 WARNING: new incident\n3 new dead letters on {topic} since the previous heartbeat"
+    )
+
+
+# --- the daily summary ---------------------------------------------------------------------------
+
+
+def _run(
+    job: str, slot: datetime, status: JobRunStatus = JobRunStatus.FINISHED, duration: float = 1.0
+) -> dict[str, Any]:
+    return {
+        "event_id": uuid.uuid4(),
+        "job": job,
+        "slot": slot,
+        "kind": "on_time",
+        "status": status,
+        "started_at": slot,
+        "finished_at": slot + timedelta(seconds=duration),
+        "duration_s": duration,
+    }
+
+
+async def test_the_daily_summary_lists_each_jobs_runs_failures_and_open_incidents(
+    stack: Stack, run_id: str
+) -> None:
+    stack.watch()
+    slot = era()
+    steady, shaky = f"test_steady_{run_id}", f"test_shaky_{run_id}"
+    rows = [
+        _run(steady, slot - timedelta(hours=20), duration=1.0),
+        _run(steady, slot - timedelta(hours=10), duration=2.5),
+        _run(steady, slot - timedelta(hours=25), duration=9.0),  # before the 24 h: not counted
+        _run(shaky, slot - timedelta(hours=5), JobRunStatus.FAILED, 0.5),
+        _run(shaky, slot - timedelta(hours=4), JobRunStatus.FAILED, 0.7),
+        _run(shaky, slot - timedelta(hours=3), JobRunStatus.SKIPPED, 0.0),
+        _run(shaky, slot - timedelta(hours=2), JobRunStatus.FINISHED, 0.2),
+    ]
+    key = f"post.failed:{run_id}"
+    now = datetime.now(UTC)
+    async with stack.sessions() as session, session.begin():
+        await session.execute(insert(JobRun).values(rows))
+        session.add(
+            AlertIncident(alert_key=key, severity="warning", summary="s", opened_at=now, last_seen_at=now)
+        )
+    tick = await stack.run_job(SUMMARY, slot)
+    await wait_for(lambda: stack.texts())
+    await settle()
+
+    [text] = stack.texts()
+    assert text.startswith("📋 Jobs since")
+    assert f"\n{steady}: 2 runs, 0 failed, 0 skipped, longest 2.5 s\n" in text
+    assert f"\n❌ {shaky}: 4 runs, 2 failed, 1 skipped, longest 0.7 s\n" in text
+    assert f"• [warning] {key} since" in text
+    async with stack.sessions() as session:
+        run = await session.scalar(select(JobRun).where(JobRun.event_id == tick.event_id))
+    assert run is not None
+    assert run.counts["failed_runs"] >= 2
+
+
+# --- alerts raised elsewhere ---------------------------------------------------------------------
+
+
+async def test_an_alert_from_elsewhere_reaches_the_admin_chat_once_even_when_redelivered(
+    stack: Stack, run_id: str
+) -> None:
+    stack.watch()
+    key = f"economy.drift.{run_id}"
+    raised = EventEnvelope.wrap(
+        AlertRaised(alert_key=key, severity="critical", summary="3 balances differ"), producer="economy"
+    )
+    # A first delivery sends the message, then its transaction is lost (a crash before the commit):
+    # neither the incident nor the ledger row exists, only the send ledger's record.
+    async with stack.sessions() as session:
+        ctx = HandlerContext(
+            session=session, envelope=raised, clock=SystemClock(), emit=_no_emit, services=stack.services
+        )
+        await monitoring.monitoring_notify_admin_task(AlertRaised.model_validate(raised.payload), ctx)
+        await session.rollback()
+    assert len(stack.texts()) == 1
+    # The redelivery (twice over) finds the message recorded as sent.
+    await stack.producer.send_event(stack.alerts.name, raised)
+    await stack.producer.send_event(stack.alerts.name, raised)
+    await stack.wait_handled(raised.event_id)
+    await settle()
+
+    [text] = stack.texts()
+    assert text.startswith(f"🔴 CRITICAL: new incident\n3 balances differ\nkey: {key}, open since")
+    async with stack.sessions() as session:
+        incident = await session.get(AlertIncident, key)
+    assert incident is not None
+    assert (incident.notify_count, incident.resolved_at) == (1, None)
+
+
+async def _no_emit(payload: EventPayload, *, event_id: uuid.UUID | None = None) -> EventEnvelope:
+    raise AssertionError("the alert handler emits nothing")
