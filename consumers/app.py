@@ -155,8 +155,8 @@ def production_services(settings: Settings) -> dict[str, Any]:
             load_section(MonitoringSettings),
             settings.kafka,
             settings.telegram.admin_chat_id,
-            # The same job table (enabled flags, cron overrides) the scheduler emits ticks for.
-            tuple(load_section(SchedulerSettings).resolve_jobs()),
+            # The job table as the scheduler runs it (enabled flags, cron overrides).
+            monitoring.handled_jobs(load_section(SchedulerSettings).resolve_jobs()),
             settings.tz,
         ),
     }

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -81,6 +81,11 @@ class Monitoring:
     admin_chat_id: int
     jobs: tuple[JobDefinition, ...]
     timezone: ZoneInfo
+
+
+def handled_jobs(table: Iterable[JobDefinition], registry: ScheduledJobs = jobs) -> tuple[JobDefinition, ...]:
+    """The jobs of ``table`` that have a handler: a tick nobody handles leaves no run to judge."""
+    return tuple(job for job in table if job.name in registry.registered)
 
 
 def monitoring_from(services: Mapping[str, Any]) -> Monitoring:

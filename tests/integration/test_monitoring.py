@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
+from pydantic import SecretStr
 from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from consumers import monitoring
 from consumers.jobs import ScheduledJobs
@@ -24,13 +25,14 @@ from contracts.events import AlertRaised, SchedulerTick
 from contracts.ids import derived_event_id
 from contracts.topics import TopicSpec
 from core.clock import SystemClock
+from core.db import create_engine
 from core.incidents import AlertIncident
 from core.jobs import JobRun, JobRunStatus
 from core.lag import offsets_reader
 from core.models import ProcessedEvent
-from core.monitoring import HEARTBEAT_JOB, MonitoringSettings
+from core.monitoring import HEARTBEAT_JOB, MonitoringSettings, database_probe
 from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.settings import Settings
+from core.settings import DatabaseSettings, Settings
 from core.telegram.sender import SERVICE_KEY, TelegramSender
 from devstack.telegram_double import TelegramDouble
 from schedulers.jobs import JobDefinition
@@ -390,3 +392,31 @@ async def test_an_alert_from_elsewhere_reaches_the_admin_chat_once_even_when_red
 
 async def _no_emit(payload: EventPayload, *, event_id: uuid.UUID | None = None) -> EventEnvelope:
     raise AssertionError("the alert handler emits nothing")
+
+
+# --- the watchdog --------------------------------------------------------------------------------
+
+
+async def test_the_watchdog_tells_the_admin_chat_directly_while_postgresql_is_unreachable(
+    stack: Stack, engine: AsyncEngine
+) -> None:
+    watching = stack.watch(watchdog_failures=2, probe_timeout_s=2)
+    nowhere = create_engine(
+        DatabaseSettings(url=SecretStr("postgresql+asyncpg://dianabot:x@127.0.0.1:1/none"))
+    )
+    try:
+        watchdog = monitoring.build_watchdog(nowhere, watching, stack.sender)
+        for _ in range(3):
+            await watchdog.probe_once()
+    finally:
+        await nowhere.dispose()
+    [down] = stack.texts()
+    assert down.startswith("🔴 CRITICAL: PostgreSQL is unreachable: ")
+    assert "2 probes in a row failed" in down
+
+    watchdog.probes["PostgreSQL"] = database_probe(engine, 2)  # the database is back
+    await asyncio.sleep(1.1)  # the double allows one message a second per private chat
+    await watchdog.probe_once()
+    await watchdog.probe_once()
+    recovered = "✅ Recovered: PostgreSQL is reachable again (monitoring.database)."
+    assert stack.texts()[1:] == [f"{recovered}\nSeen by consumer {watchdog.origin}."]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from consumers.monitoring import notice_text
+from consumers.jobs import ScheduledJobs
+from consumers.monitoring import handled_jobs, notice_text
+from contracts.events import SchedulerTick
 from core.incidents import IncidentView, Notice, notice_due
 from core.lag import GroupLag
 from core.monitoring import (
@@ -22,6 +24,7 @@ from core.monitoring import (
     stale_jobs,
     watched_jobs,
 )
+from core.pipeline.handlers import HandlerContext, HandlerGroup
 from schedulers.cron import CronSchedule
 from schedulers.jobs import JOBS_BY_NAME, JobDefinition
 
@@ -226,3 +229,14 @@ async def test_the_watchdog_tries_again_when_the_chat_could_not_be_told() -> Non
     await watchdog.probe_once()
     await watchdog.probe_once()
     assert len(attempts) == 2  # the failed one, then one that got through; no more after it
+
+
+def test_only_jobs_with_a_handler_are_judged() -> None:
+    registry = ScheduledJobs(HandlerGroup("monitoring_test"))
+
+    async def cleanup(tick: SchedulerTick, ctx: HandlerContext) -> None:
+        return None
+
+    registry.scheduled("scheduled_daily_cleanup")(cleanup)
+    # A job without a handler (a tick nobody handles) leaves no runs, ever: it is not judged.
+    assert [job.name for job in handled_jobs(JOBS_BY_NAME.values(), registry)] == ["scheduled_daily_cleanup"]
