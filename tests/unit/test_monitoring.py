@@ -56,6 +56,17 @@ def test_lag_above_the_threshold_per_group_is_a_finding_and_retry_groups_are_lef
     assert not result.covers("monitoring.dead_letters:x")
 
 
+def test_the_bulk_lane_may_hold_a_broadcasts_backlog_other_groups_may_not() -> None:
+    lags = [
+        _lag("dianabot.notifications.send.bulk", 10_000),
+        _lag("dianabot.notifications.send.critical", 1500),
+    ]
+    result = lag_findings(lags, MonitoringSettings())
+    assert [f.key for f in result.findings] == ["monitoring.lag:dianabot.notifications.send.critical"]
+    flooded = lag_findings([_lag("dianabot.notifications.send.bulk", 60_000)], MonitoringSettings())
+    assert [f.details["lag"] for f in flooded.findings] == [60_000]
+
+
 # --- dead letters --------------------------------------------------------------------------------
 
 
