@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -171,6 +172,35 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+class GcPauses:
+    """Collector pauses of this process (where the double runs): a pause holds back arrivals and
+    then stamps them together, which the double would count against the sender."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []  # (start, seconds, generation)
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.monotonic()
+        else:
+            self.pauses.append((self._started, time.monotonic() - self._started, info["generation"]))
+
+    def longest_ms(self) -> float:
+        return round(max((p for _, p, _ in self.pauses), default=0.0) * 1000, 1)
+
+
+async def _freeze_periodically(every_s: float) -> None:
+    while True:
+        gc.freeze()
+        await asyncio.sleep(every_s)
+
+
+def _write_lines(path: str, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w") as out:
+        out.writelines(json.dumps(row) + "\n" for row in rows)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the timings
     settings = load_settings()
@@ -185,6 +215,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         max_request_records=None,
     )
     base_url = await double.start("127.0.0.1", 0)
+    gc_pauses = GcPauses()
+    gc.callbacks.append(gc_pauses)
+    # The double stands in for Telegram's servers, which our garbage collector does not pause: a
+    # full collection over its growing request records held arrivals back ~250 ms and then stamped
+    # them together, which it counted as our bursts. Freezing what exists keeps collections short.
+    freezer = asyncio.create_task(_freeze_periodically(1.0))
     recipients = await _create_users(factory, args.recipients)
     alerted = await _create_users(factory, args.critical_users)
     await _declare(settings, run_id)
@@ -229,8 +265,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await broker.stop()
         await double.stop()
     result = _report(double, recipients, alerted, critical_sent, args, double_rate, finished - started)
+    if args.dump_requests:
+        _write_lines(
+            args.dump_requests,
+            [
+                {"seq": r.seq, "t": r.monotonic, "method": r.method, "chat_id": r.chat_id, "status": r.status}
+                for r in double.requests
+            ],
+        )
     result["broadcast_progress"] = progress.as_dict() if progress else None
+    freezer.cancel()
     result["load_average_1m_at_start"] = load_at_start
+    result["double_gc_pauses"] = {
+        "count": len(gc_pauses.pauses),
+        "over_50ms": sum(1 for _, p, _ in gc_pauses.pauses if p > 0.05),
+        "longest_ms": gc_pauses.longest_ms(),
+    }
+    if args.dump_requests:
+        _write_lines(f"{args.dump_requests}.gc", [{"t": t, "s": s, "gen": g} for t, s, g in gc_pauses.pauses])
     async with factory() as session, session.begin():
         ids = [u for u, _ in recipients + alerted]
         for start in range(0, len(ids), 5000):
@@ -350,6 +402,7 @@ def main() -> None:
     parser.add_argument("--critical-every", type=float, default=0.5)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--logs", help="a directory for the consumer processes' output")
+    parser.add_argument("--dump-requests", help="a file for every request the double saw (JSON lines)")
     args = parser.parse_args()
     configure_logging("WARNING", json_lines=False)
     print(json.dumps(asyncio.run(run(args)), indent=2))
