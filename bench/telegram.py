@@ -37,6 +37,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from faststream import FastStream
 from sqlalchemy import delete, insert
@@ -93,7 +95,7 @@ def __getattr__(name: str) -> FastStream:
 
 
 def _start_consumer(
-    settings: Settings, run: str, base_url: str, rate: float, token: str, log: Path | None
+    settings: Settings, run: str, base_url: str, rate: float, token: str, log: Path | None, metrics_port: int
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIANABOT_")}
     env.update(
@@ -106,8 +108,9 @@ def _start_consumer(
         DIANABOT_TELEGRAM__BOT_TOKEN=token,
         DIANABOT_TELEGRAM__API_BASE_URL=base_url,
         DIANABOT_TELEGRAM__ADMIN_CHAT_ID="-1",
-        DIANABOT_TELEMETRY__LOG_LEVEL="WARNING",
-        DIANABOT_TELEMETRY__HTTP_PORT="0",  # several processes on one host: no health server
+        DIANABOT_TELEMETRY__LOG_LEVEL=os.environ.get("BENCH_CONSUMER_LOG_LEVEL", "WARNING"),
+        # Several processes on one host: no health server, unless asked for (port base + process).
+        DIANABOT_TELEMETRY__HTTP_PORT=str(metrics_port),
         DIANABOT_SENDER__GLOBAL_RATE_PER_S=str(rate),
     )
     output = subprocess.DEVNULL if log is None else log.open("wb")
@@ -190,6 +193,14 @@ class GcPauses:
         return round(max((p for _, p, _ in self.pauses), default=0.0) * 1000, 1)
 
 
+async def _save_metrics(ports: list[int], into: Path) -> None:
+    """Each consumer's /metrics at the end of the run, next to its log (slot waits, handler times)."""
+    async with aiohttp.ClientSession() as http:
+        for i, port in enumerate(ports):
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                (into / f"consumer-{i}.metrics").write_text(await response.text())
+
+
 async def _freeze_periodically(every_s: float) -> None:
     while True:
         gc.freeze()
@@ -230,7 +241,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = [
         None if args.logs is None else Path(args.logs) / f"consumer-{i}.log" for i in range(args.processes)
     ]
-    processes = [_start_consumer(settings, run_id, base_url, args.rate, token, log) for log in logs]
+    ports = [args.metrics_port_base + i if args.metrics_port_base else 0 for i in range(args.processes)]
+    processes = [
+        _start_consumer(settings, run_id, base_url, args.rate, token, log, port)
+        for log, port in zip(logs, ports, strict=True)
+    ]
     broker = create_broker(settings.kafka)
     await broker.start()
     publisher = EventPublisher(broker, "bench")
@@ -250,10 +265,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 content=MessageContent(text="¡Nueva temporada!"),
             ),
         )
+        observer = KafkaObserver(settings, f"bench.tg.{run_id}.critical")
+        await observer.start()
         critical_sent = await _inject_critical(
-            publisher, f"bench.tg.{run_id}.critical", alerted, double, len(recipients), args
+            publisher, f"bench.tg.{run_id}.critical", alerted, double, len(recipients), args, observer
         )
         await _wait_delivered(double, len(recipients) + len(critical_sent), args.timeout, processes)
+        await observer.stop()
+        if args.metrics_port_base and args.logs:
+            await _save_metrics(ports, Path(args.logs))
         finished = time.time()
         async with factory() as session:
             progress = await broadcast_progress(session, broadcast_id)
@@ -276,6 +296,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["broadcast_progress"] = progress.as_dict() if progress else None
     freezer.cancel()
     result["load_average_1m_at_start"] = load_at_start
+    hops = observer.delays
+    result["critical_kafka_hop_s"] = {  # publish -> readable by a consumer, measured by the bench
+        "count": len(hops),
+        "p50": round(_percentile(hops, 0.5), 3) if hops else None,
+        "p99": round(_percentile(hops, 0.99), 3) if hops else None,
+        "max": round(max(hops), 3) if hops else None,
+    }
     result["double_gc_pauses"] = {
         "count": len(gc_pauses.pauses),
         "over_50ms": sum(1 for _, p, _ in gc_pauses.pauses if p > 0.05),
@@ -297,6 +324,42 @@ async def _publish(publisher: EventPublisher, topic: str, payload: Any) -> Event
     return envelope
 
 
+class KafkaObserver:
+    """Reads the critical topic as a consumer would (no group, from the end): how much of a
+    critical message's delay is the broker's hop, and how much is the consumers' own."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers, fetch_max_wait_ms=100
+        )
+        self._topic = topic
+        self._published: dict[str, float] = {}
+        self.delays: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = [TopicPartition(self._topic, p) for p in range(PARTITIONS)]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        self._task = asyncio.create_task(self._read())
+
+    def expect(self, event_id: str, published_at: float) -> None:
+        self._published[event_id] = published_at
+
+    async def _read(self) -> None:
+        async for record in self._consumer:
+            event_id = json.loads(record.value or b"{}").get("event_id")
+            at = self._published.get(str(event_id))
+            if at is not None:
+                self.delays.append(time.time() - at)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self._consumer.stop()
+
+
 async def _inject_critical(
     publisher: EventPublisher,
     topic: str,
@@ -304,6 +367,7 @@ async def _inject_critical(
     double: TelegramDouble,
     broadcast_size: int,
     args: argparse.Namespace,
+    observer: KafkaObserver,
 ) -> dict[int, float]:
     """One critical notification every `critical_every` s while the broadcast is under way."""
     published: dict[int, float] = {}
@@ -313,13 +377,14 @@ async def _inject_critical(
         if len(double.messages) - len(published) >= broadcast_size - 20:
             break  # the broadcast is ending: a delay measured now would not be "during" it
         published[chat_id] = time.time()
-        await _publish(
+        envelope = await _publish(
             publisher,
             topic,
             NotificationRequested(
                 user_id=user_id, content=MessageContent(text="Pago recibido"), priority=Priority.CRITICAL
             ),
         )
+        observer.expect(str(envelope.event_id), published[chat_id])
         await asyncio.sleep(args.critical_every)
     return published
 
@@ -351,11 +416,13 @@ def _report(
     broadcast_chats = {chat for _, chat in recipients}
     times = sorted(m.monotonic for m in messages)
     span = times[-1] - times[0]
-    delays = [
-        next(m.sent_at for m in messages if m.chat_id == chat) - at
+    first_critical = min(critical_sent.values(), default=0.0)
+    timed = [
+        (at - first_critical, next(m.sent_at for m in messages if m.chat_id == chat) - at)
         for chat, at in critical_sent.items()
         if per_chat[chat]
     ]
+    delays = [delay for _, delay in timed]
     stats = double.stats()
     achieved = (len(messages) - 1) / span if span > 0 else 0.0
     return {
@@ -383,6 +450,9 @@ def _report(
             "p50": round(statistics.median(delays), 3) if delays else None,
             "p99": round(_percentile(delays, 0.99), 3) if delays else None,
             "max": round(max(delays), 3) if delays else None,
+            # When the slowest ones were published (seconds into the injection): a cluster points
+            # at a cause (start-up, a fan-out step, a pause), a spread at steady-state queueing.
+            "slowest": [[round(t, 1), round(d, 3)] for t, d in sorted(timed, key=lambda x: -x[1])[:8]],
         },
     }
 
@@ -402,6 +472,12 @@ def main() -> None:
     parser.add_argument("--critical-every", type=float, default=0.5)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--logs", help="a directory for the consumer processes' output")
+    parser.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=0,
+        help="serve each consumer's /metrics on base + i (with --logs)",
+    )
     parser.add_argument("--dump-requests", help="a file for every request the double saw (JSON lines)")
     args = parser.parse_args()
     configure_logging("WARNING", json_lines=False)

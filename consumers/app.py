@@ -39,7 +39,14 @@ from core.pipeline.handlers import HandlerGroup
 from core.pipeline.routing import FailureRouter
 from core.pipeline.runner import PipelineDeps
 from core.publisher import EventPublisher
-from core.runtime import Resources, build_resources, exit_with_one_line, resources_lifespan, settings_or_exit
+from core.runtime import (
+    Resources,
+    build_resources,
+    exit_with_one_line,
+    freeze_startup_objects,
+    resources_lifespan,
+    settings_or_exit,
+)
 from core.settings import Settings
 from core.telegram.sender import SERVICE_KEY as SENDER_KEY
 from core.telegram.sender import TelegramSender
@@ -192,6 +199,7 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
 
     @app.after_startup
     async def start_relay_and_announce() -> None:
+        freeze_startup_objects()
         consumers.start_relay()
         if watchdog is not None:
             # The pipeline cannot report its own database or Kafka being down: this task can.

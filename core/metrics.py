@@ -38,3 +38,9 @@ LAST_HEARTBEAT = Gauge(
     "dianabot_monitoring_heartbeat_timestamp_seconds",
     "Unix time of the last monitoring heartbeat this process ran (alert when it stops advancing).",
 )
+GC_PAUSE_SECONDS = Histogram(
+    "dianabot_gc_pause_seconds",
+    "Garbage-collector pauses (the whole process, event loop included, stands still).",
+    ["generation"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2),
+)

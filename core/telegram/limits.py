@@ -42,6 +42,8 @@ from core.telegram.settings import SenderSettings
 logger = logging.getLogger("dianabot.telegram.limits")
 
 Lane = Literal["global", "admin"]
+# A critical send waiting longer than this for its slot is logged with why.
+_SLOW_CRITICAL_S = 1.0
 # How many grants between two sweeps of idle per-chat rows.
 _SWEEP_EVERY = 2000
 
@@ -65,6 +67,10 @@ _PAUSED_FOR = text(
     SELECT coalesce(max(extract(epoch FROM paused_until - clock_timestamp())), 0)::float8
     FROM telegram_rate_limits WHERE scope = ANY(CAST(:scopes AS varchar[]))
     """
+)
+_RELEASE_CHAT = text(
+    "UPDATE telegram_rate_limits SET next_at = clock_timestamp() "
+    "WHERE scope = :chat AND next_at > clock_timestamp()"
 )
 _SWEEP = text(
     """
@@ -134,10 +140,24 @@ class RateGate:
         longest the caller may keep waiting).
         """
         started = time.monotonic()
-        grant = await self._reserve(chat_id, priority, lane, deadline)
-        slot_at = time.monotonic() + grant.delay_s
+        waits: list[str] = []
+        grant = await self._reserve(chat_id, priority, lane, deadline, waits)
+        reserved = time.monotonic()
+        slot_at = reserved + grant.delay_s
         await asyncio.sleep(grant.delay_s)
-        metrics.SLOT_WAIT_SECONDS.labels(priority.value).observe(time.monotonic() - started)
+        woke = time.monotonic()
+        metrics.SLOT_WAIT_SECONDS.labels(priority.value).observe(woke - started)
+        if priority is Priority.CRITICAL and woke - started > _SLOW_CRITICAL_S:
+            logger.warning(
+                "critical send waited %.2fs for its slot: %.2fs reserving (%s), slot %.2fs ahead, "
+                "woke %.0f ms late",
+                woke - started,
+                reserved - started,
+                ", ".join(waits) or "granted at once",
+                grant.delay_s,
+                (woke - slot_at) * 1000,
+                extra={"chat_id": chat_id},
+            )
         return slot_at
 
     def too_late(self, slot_at: float) -> bool:
@@ -151,7 +171,9 @@ class RateGate:
         metrics.LATE_SLOTS.inc()
         return True
 
-    async def _reserve(self, chat_id: int | None, priority: Priority, lane: Lane, deadline: float) -> Grant:
+    async def _reserve(
+        self, chat_id: int | None, priority: Priority, lane: Lane, deadline: float, waits: list[str]
+    ) -> Grant:
         while True:
             if priority is Priority.BULK and lane == "global":
                 async with self._bulk_lock:
@@ -161,6 +183,7 @@ class RateGate:
             if isinstance(outcome, Grant):
                 return outcome
             # The chat is busy (or paused): wait outside the bulk lock so other chats go on.
+            waits.append(f"{outcome.reason} {outcome.delay_s:.2f}s")
             _check_deadline(outcome.delay_s, deadline, f"the {outcome.reason} limit")
             await asyncio.sleep(outcome.delay_s)
 
@@ -219,6 +242,17 @@ class RateGate:
         async with self._engine.connect() as connection:
             remaining = await connection.scalar(_PAUSED_FOR, {"scopes": self.pause_scopes(chat_id, lane)})
         return max(0.0, float(remaining or 0))
+
+    async def release_chat(self, chat_id: int) -> None:
+        """Free the chat of a slot given up before any call (a stall, a 429 elsewhere).
+
+        The chat got nothing, so its 1 s interval need not run: without this the retry waits it
+        out (a critical message a second late). Resetting to now is safe: while this send held
+        the chat's future, every other send to the chat was told to wait, so no later one hangs
+        on it; a 429 pause lives in ``paused_until`` and stays.
+        """
+        async with self._engine.connect() as connection:
+            await connection.execute(_RELEASE_CHAT, {"chat": self.scope(chat_id)})
 
     async def pause(self, scopes: Sequence[Lane | int], retry_after_s: float) -> None:
         """Honour a 429: nothing in these scopes is sent for `retry_after_s` seconds, in any process."""

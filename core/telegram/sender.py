@@ -209,6 +209,7 @@ class TelegramSender:
                 # A 429 arrived since the slot was reserved, or the slot has passed: nothing was
                 # called; take a new slot.
                 await self.ledger.finish(key, SendStatus.RETRY, error="slot lost before the call")
+                await self.gate.release_chat(chat_id)
                 continue
             try:
                 message_id = await self._call_recorded(key, part, chat_id)

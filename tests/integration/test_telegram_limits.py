@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.events import Priority
+from core.telegram.limits import Grant, RateGate, Wait, WaitReason
+from core.telegram.settings import SenderSettings
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 GLOBAL = 0.04  # 25/s
@@ -118,3 +123,29 @@ async def test_idle_time_does_not_build_up_a_burst(bucket: Bucket) -> None:
     await bucket.set(bucket.lane, next_in=-10.0)
     assert await bucket.reserve(chat=False) == (True, 0.0, None)
     assert await bucket.reserve(chat=False) == (True, GLOBAL, None)
+
+
+async def test_a_slot_given_up_before_the_call_frees_its_chat_at_once(engine: AsyncEngine) -> None:
+    gate = RateGate(autocommit(engine), SenderSettings(), random.randrange(10**9, 10**10))
+    chat = random.randrange(10**9, 10**10)
+    assert isinstance(await gate.try_reserve(chat, Priority.CRITICAL), Grant)
+    busy = await gate.try_reserve(chat, Priority.CRITICAL)
+    assert isinstance(busy, Wait)
+    assert busy.reason is WaitReason.CHAT
+    await gate.release_chat(chat)  # nothing was called: the chat got nothing
+    assert isinstance(await gate.try_reserve(chat, Priority.CRITICAL), Grant)
+
+
+async def test_releasing_a_chat_keeps_its_429_pause(engine: AsyncEngine) -> None:
+    gate = RateGate(autocommit(engine), SenderSettings(), random.randrange(10**9, 10**10))
+    chat = random.randrange(10**9, 10**10)
+    await gate.pause([chat], 30.0)
+    await gate.release_chat(chat)
+    paused = await gate.try_reserve(chat, Priority.CRITICAL)
+    assert isinstance(paused, Wait)
+    assert (paused.reason, paused.delay_s > 25) == (WaitReason.CHAT, True)
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """As the sender's own engine is: every reservation is its own statement, committed."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
