@@ -26,12 +26,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import JobCompleted, JobFailed, SchedulerTick
 from contracts.ids import derived_event_id
 from contracts.topics import TopicSpec
+from core.db import delete_batch
 from core.domain.subscriptions import purge_expired_invite_links_before
 from core.jobs import (
     JobRun,
@@ -205,28 +206,14 @@ class Retention:
 
 async def purge_published_outbox_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
     """Delete one bounded batch of outbox rows published before ``cutoff``; call until it returns 0."""
-    oldest = (
-        select(OutboxEvent.id)
-        .where(OutboxEvent.published_at < cutoff)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
+    return await delete_batch(
+        session, OutboxEvent.id, where=OutboxEvent.published_at < cutoff, batch_size=batch_size
     )
-    result = await session.execute(
-        delete(OutboxEvent).where(OutboxEvent.id.in_(oldest)).returning(OutboxEvent.id)
-    )
-    return len(result.all())
 
 
 async def purge_job_runs_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
     """Delete one bounded batch of job runs that ended before ``cutoff``."""
-    oldest = (
-        select(JobRun.id)
-        .where(JobRun.finished_at < cutoff)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
-    )
-    result = await session.execute(delete(JobRun).where(JobRun.id.in_(oldest)).returning(JobRun.id))
-    return len(result.all())
+    return await delete_batch(session, JobRun.id, where=JobRun.finished_at < cutoff, batch_size=batch_size)
 
 
 Purge = Callable[[AsyncSession, datetime, int], Awaitable[int]]

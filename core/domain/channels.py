@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select, tuple_
+from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.events import ChannelJoinRequested
+from core.db import delete_batch
 from core.models import Channel, ChannelJoinRequest, ChannelKind, JoinRequestStatus
 
 _PENDING = JoinRequestStatus.PENDING
@@ -75,20 +76,13 @@ def decide(request: ChannelJoinRequest, status: JoinRequestStatus, at: datetime)
 async def purge_join_requests_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
     """Delete one bounded batch of requests decided before ``cutoff``, and of pending ones requested
     before it (Telegram expired those long ago); call until it returns 0."""
-    oldest = (
-        select(ChannelJoinRequest.chat_id, ChannelJoinRequest.telegram_user_id)
-        .where(
-            or_(
-                ChannelJoinRequest.decided_at < cutoff,
-                (ChannelJoinRequest.status == _PENDING) & (ChannelJoinRequest.requested_at < cutoff),
-            )
-        )
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
+    return await delete_batch(
+        session,
+        ChannelJoinRequest.chat_id,
+        ChannelJoinRequest.telegram_user_id,
+        where=or_(
+            ChannelJoinRequest.decided_at < cutoff,
+            (ChannelJoinRequest.status == _PENDING) & (ChannelJoinRequest.requested_at < cutoff),
+        ),
+        batch_size=batch_size,
     )
-    result = await session.execute(
-        delete(ChannelJoinRequest)
-        .where(tuple_(ChannelJoinRequest.chat_id, ChannelJoinRequest.telegram_user_id).in_(oldest))
-        .returning(ChannelJoinRequest.chat_id)
-    )
-    return len(result.all())

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from sqlalchemy import DateTime, Exists, Text, case, cast, delete, exists, func, insert, select, update
+from sqlalchemy import DateTime, Exists, Text, case, cast, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.events import SubscriptionExpired, SubscriptionExpiring
 from contracts.ids import derived_event_id
+from core.db import delete_batch
 from core.models import Subscription, SubscriptionStatus, User, UserState, VipInviteLink
 
 DEFAULT_REMINDER_WINDOWS: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=1))
@@ -271,13 +272,6 @@ async def record_invite_link(
 
 async def purge_expired_invite_links_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
     """Delete one bounded batch of invite links that expired before ``cutoff``; call until it returns 0."""
-    oldest = (
-        select(VipInviteLink.id)
-        .where(VipInviteLink.expires_at < cutoff)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
+    return await delete_batch(
+        session, VipInviteLink.id, where=VipInviteLink.expires_at < cutoff, batch_size=batch_size
     )
-    result = await session.execute(
-        delete(VipInviteLink).where(VipInviteLink.id.in_(oldest)).returning(VipInviteLink.id)
-    )
-    return len(result.all())

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import delete, select, text, tuple_
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import delete_batch
 from core.models import ProcessedEvent
 
 # One statement shape for any batch size: compiled and prepared once, one round trip per batch.
@@ -41,15 +42,10 @@ async def claim(session: AsyncSession, consumer: str, events: Sequence[tuple[UUI
 
 async def purge_processed_before(session: AsyncSession, cutoff: datetime, batch_size: int = 5000) -> int:
     """Delete one bounded batch of ledger rows older than `cutoff`; call until it returns 0."""
-    oldest = (
-        select(ProcessedEvent.consumer, ProcessedEvent.event_id)
-        .where(ProcessedEvent.processed_at < cutoff)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
+    return await delete_batch(
+        session,
+        ProcessedEvent.consumer,
+        ProcessedEvent.event_id,
+        where=ProcessedEvent.processed_at < cutoff,
+        batch_size=batch_size,
     )
-    result = await session.execute(
-        delete(ProcessedEvent)
-        .where(tuple_(ProcessedEvent.consumer, ProcessedEvent.event_id).in_(oldest))
-        .returning(ProcessedEvent.event_id)
-    )
-    return len(result.all())

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from core.db import delete_batch
 from core.telegram import metrics
 from core.telegram.models import SendStatus, TelegramSend
 
@@ -267,13 +268,4 @@ async def purge_sends_before(session: AsyncSession, cutoff: datetime, batch_size
     last_activity = func.coalesce(
         TelegramSend.finished_at, TelegramSend.attempted_at, TelegramSend.created_at
     )
-    oldest = (
-        select(TelegramSend.id)
-        .where(last_activity < cutoff)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
-    )
-    result = await session.execute(
-        delete(TelegramSend).where(TelegramSend.id.in_(oldest)).returning(TelegramSend.id)
-    )
-    return len(result.all())
+    return await delete_batch(session, TelegramSend.id, where=last_activity < cutoff, batch_size=batch_size)
