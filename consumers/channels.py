@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumers.jobs import ScheduledJobs, jobs
+from consumers.jobs import ScheduledJobs, jobs, run_in_batches
 from contracts.events import ChannelJoinRequested, SchedulerTick
 from contracts.topics import CHANNELS, TopicSpec
 from core.domain.channels import (
@@ -144,14 +144,13 @@ async def scheduled_daily_join_request_cleanup(tick: SchedulerTick, ctx: Handler
     """Delete join requests decided past the retention, one short transaction per batch."""
     settings = settings_from(ctx.services)
     sessions = side_sessions(ctx.session)
-    cutoff = tick.slot - settings.join_request_retention
-    deleted = 0
-    for _ in range(settings.max_batches):
-        async with sessions() as session, session.begin():
-            batch = await purge_join_requests_before(session, cutoff, settings.batch_size)
-        deleted += batch
-        if batch < settings.batch_size:
-            break
+    deleted = await run_in_batches(
+        sessions,
+        purge_join_requests_before,
+        tick.slot - settings.join_request_retention,
+        batch_size=settings.batch_size,
+        max_batches=settings.max_batches,
+    )
     return {"join_requests_deleted": deleted}
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from pydantic import Field
@@ -36,7 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from consumers.jobs import ScheduledJobs, jobs
+from consumers.jobs import ScheduledJobs, jobs, run_in_batches
 from contracts.events import (
     BesitosEarned,
     DailyGiftClaimed,
@@ -187,13 +187,13 @@ async def _reset_and_assign(
     is missing, since reassigning is a no-op."""
     settings = settings_from(ctx.services)
     sessions = side_sessions(ctx.session)
-    expired = 0
-    for _ in range(settings.max_batches):
-        async with sessions() as session, session.begin():
-            batch = await expire_unfinished(session, mission_type, tick.slot, settings.batch_size)
-        expired += batch
-        if batch < settings.batch_size:
-            break
+
+    async def expire_batch(session: AsyncSession, slot: datetime, limit: int) -> int:
+        return await expire_unfinished(session, mission_type, slot, limit)
+
+    expired = await run_in_batches(
+        sessions, expire_batch, tick.slot, batch_size=settings.batch_size, max_batches=settings.max_batches
+    )
     missions = await active_missions(ctx.session, mission_type)
     assigned, users, after_id = 0, 0, 0
     for _ in range(settings.max_batches if missions else 0):
@@ -287,15 +287,14 @@ async def scheduled_daily_streak_reset(tick: SchedulerTick, ctx: HandlerContext)
     transaction per batch (as the cleanup job), so a large backlog holds no long locks."""
     settings = settings_from(ctx.services)
     sessions = side_sessions(ctx.session)
-    reset = 0
-    for _ in range(settings.max_batches):
-        async with sessions() as session, session.begin():
-            batch = await reset_broken_streaks(
-                session, tick.slot, window=settings.streak_broken_after, limit=settings.batch_size
-            )
-        reset += batch
-        if batch < settings.batch_size:
-            break
+    window = settings.streak_broken_after
+
+    async def reset_batch(session: AsyncSession, slot: datetime, limit: int) -> int:
+        return await reset_broken_streaks(session, slot, window=window, limit=limit)
+
+    reset = await run_in_batches(
+        sessions, reset_batch, tick.slot, batch_size=settings.batch_size, max_batches=settings.max_batches
+    )
     if reset:
         logger.info("%d daily-gift streaks broken", reset)
     return {"streaks_reset": reset}

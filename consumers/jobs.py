@@ -216,24 +216,31 @@ async def purge_job_runs_before(session: AsyncSession, cutoff: datetime, batch_s
     return await delete_batch(session, JobRun.id, where=JobRun.finished_at < cutoff, batch_size=batch_size)
 
 
-Purge = Callable[[AsyncSession, datetime, int], Awaitable[int]]
+# One bounded batch of a job's bulk work: (session, cutoff or slot, batch size) -> rows done.
+BatchStep = Callable[[AsyncSession, datetime, int], Awaitable[int]]
 
 
-async def purge_in_batches(
-    sessions: async_sessionmaker[AsyncSession], purge: Purge, cutoff: datetime, retention: Retention
+async def run_in_batches(
+    sessions: async_sessionmaker[AsyncSession],
+    step: BatchStep,
+    cutoff: datetime,
+    *,
+    batch_size: int,
+    max_batches: int,
 ) -> int:
-    """Run ``purge`` batch after batch, each in its own short transaction, until nothing is left.
+    """Run ``step`` batch after batch, each in its own short transaction, until a short batch or
+    ``max_batches``; return the rows done.
 
-    Not in the handler's transaction: deleting millions of rows in one would hold locks and
-    bloat for the whole run. Each batch is idempotent, so a crash half-way loses nothing: the
-    rerun (or tomorrow's run) continues where it stopped.
+    Not in the handler's transaction: deleting (or updating) millions of rows in one would hold
+    locks and bloat for the whole run. Each batch is idempotent, so a crash half-way loses
+    nothing: the rerun (or the next run) continues where it stopped.
     """
     total = 0
-    for _ in range(retention.max_batches):
+    for _ in range(max_batches):
         async with sessions() as session, session.begin():
-            deleted = await purge(session, cutoff, retention.batch_size)
-        total += deleted
-        if deleted < retention.batch_size:
+            done = await step(session, cutoff, batch_size)
+        total += done
+        if done < batch_size:
             break
     return total
 
@@ -243,7 +250,7 @@ async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> d
     """Purge bookkeeping rows past their retention (counted back from the slot), table by table."""
     retention = ctx.services.get("retention") or Retention()
     sessions = side_sessions(ctx.session)
-    purges: dict[str, tuple[Purge, timedelta]] = {
+    purges: dict[str, tuple[BatchStep, timedelta]] = {
         "processed_events_deleted": (ledger.purge_processed_before, retention.processed_events),
         "outbox_rows_deleted": (purge_published_outbox_before, retention.published_outbox),
         "job_runs_deleted": (purge_job_runs_before, retention.job_runs),
@@ -252,6 +259,12 @@ async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> d
         "invite_links_deleted": (purge_expired_invite_links_before, retention.expired_invite_links),
     }
     return {
-        count: await purge_in_batches(sessions, purge, tick.slot - keep, retention)
+        count: await run_in_batches(
+            sessions,
+            purge,
+            tick.slot - keep,
+            batch_size=retention.batch_size,
+            max_batches=retention.max_batches,
+        )
         for count, (purge, keep) in purges.items()
     }

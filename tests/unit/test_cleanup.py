@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from consumers.jobs import Retention, purge_in_batches
+from consumers.jobs import Retention, run_in_batches
 
 CUTOFF = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -55,15 +55,19 @@ def scripted(batches: Sequence[int], calls: list[tuple[datetime, int]]) -> Any:
         ([3, 3, 3, 3], 2, 6, 2),  # bounded: the rest waits for the next run
     ],
 )
-async def test_purge_in_batches_commits_each_batch_and_stops_at_a_short_batch_or_the_cap(
+async def test_run_in_batches_commits_each_batch_and_stops_at_a_short_batch_or_the_cap(
     batches: list[int], max_batches: int, total: int, transactions: int
 ) -> None:
     sessions = FakeSessions()
     calls: list[tuple[datetime, int]] = []
     retention = Retention(batch_size=3, max_batches=max_batches)
 
-    deleted = await purge_in_batches(
-        cast(async_sessionmaker[AsyncSession], sessions), scripted(batches, calls), CUTOFF, retention
+    deleted = await run_in_batches(
+        cast(async_sessionmaker[AsyncSession], sessions),
+        scripted(batches, calls),
+        CUTOFF,
+        batch_size=retention.batch_size,
+        max_batches=retention.max_batches,
     )
 
     assert deleted == total
