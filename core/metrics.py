@@ -29,6 +29,15 @@ CONSUMER_STALLS = Counter(
     "Batches rewound because the database or Kafka was unreachable.",
     ["group"],
 )
+DEAD_LETTERS_STORED = Counter(
+    "dianabot_dead_letters_stored_total",
+    "Dead letters Kafka would not take (too large, topic problem), kept in PostgreSQL instead.",
+    ["handler"],
+)
+OUTBOX_PARKED = Counter(
+    "dianabot_outbox_parked_total",
+    "Outbox rows Kafka can never take (e.g. over the size limit), parked with their reason.",
+)
 OUTBOX_PUBLISHED = Counter("dianabot_outbox_published_total", "Outbox rows published by the relay.")
 LAG = Gauge("dianabot_consumer_lag", "Records behind the end of the topic.", ["group", "topic"])
 OPEN_INCIDENTS = Gauge(

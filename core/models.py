@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -377,6 +378,41 @@ class OutboxEvent(Base):
     headers: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     published_at: Mapped[datetime | None]
+    # A row Kafka can never take (e.g. larger than the broker's limit) is parked with the reason
+    # instead of blocking every row behind it; `dianabot outbox` tooling and alerts read these.
+    parked_at: Mapped[datetime | None]
+    parked_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetterRecord(Base):
+    """One dead letter per (handler, source record): a rewound batch never dead-letters a record twice.
+
+    The row is claimed before the record is published to the dead-letter topic and marked
+    `published_at` once Kafka acknowledged it. A dead letter Kafka cannot take (too large, topic
+    problem) keeps its bytes here instead (`key`, `value`, `headers`, `publish_error`), so the lane
+    moves on and nothing is lost; monitoring alerts on such rows.
+    """
+
+    __tablename__ = "dead_letter_records"
+    __table_args__ = (
+        Index(
+            "ix_dead_letter_records_stored", "failed_at", postgresql_where=text("publish_error IS NOT NULL")
+        ),
+        Index("ix_dead_letter_records_failed_at", "failed_at"),
+    )
+
+    handler: Mapped[str] = mapped_column(String(128), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    failed_at: Mapped[datetime]
+    published_at: Mapped[datetime | None]
+    publish_error: Mapped[str | None] = mapped_column(Text)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    headers: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
 
 
 import core.incidents  # noqa: E402
