@@ -128,7 +128,11 @@ def build_consumers(
             names.append(spec.name)
     document_topics(router)
     broker.include_router(router)
-    relay = OutboxRelay(resources.session_factory, EventPublisher(broker, PRODUCER))
+    relay = OutboxRelay(
+        resources.session_factory,
+        EventPublisher(broker, PRODUCER),
+        max_record_bytes=settings.kafka.max_record_bytes,
+    )
     return Consumers(settings, resources, broker, relay, declarations, names)
 
 

@@ -43,6 +43,7 @@ def create_broker(settings: KafkaSettings, **options: Any) -> KafkaBroker:
         enable_idempotence=True,
         acks="all",
         request_timeout_ms=int(settings.connect_timeout_s * 1000),
+        max_request_size=settings.max_record_bytes,
         **options,
     )
 

@@ -15,6 +15,14 @@ were written. Two caveats: ids are taken at insert, not at commit, so events of 
 written by *concurrent* transactions may be relayed in either order; and a record that fails
 while later ones succeed is re-sent after them (the later ones are re-sent too, so the last copy
 of each key is in order again).
+
+A relay that hangs (SIGSTOP, a stuck await) never stops the outbox: its lock is a lease that the
+server ends after ``lock_session_timeout_s`` without pings, a standby takes over, and the hung
+relay, once it runs again, checks its lease before each send and stands down. Its pass's row
+locks end sooner (half that time idle), so the next leader starts from the oldest row.
+
+A row Kafka can never take is **parked** (``parked_at``, ``parked_reason``), not retried forever:
+the rows behind it go on, and monitoring raises an alert while parked rows exist.
 """
 
 from __future__ import annotations
@@ -23,24 +31,39 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from opentelemetry import context, propagate
 from sqlalchemy import Row, Select, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts.envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, EventEnvelope, EventPayload
 from contracts.topics import topic_for
 from core import metrics
+from core.advisory_lease import AdvisoryLease, LeaseLost
 from core.models import OutboxEvent
-from core.publisher import EventPublisher
+from core.publisher import CONTENT_TYPE, EventPublisher
+from core.record_limits import (
+    DEFAULT_MAX_RECORD_BYTES,
+    SMALL_RECORD_BYTES,
+    TopicLimits,
+    record_size,
+    too_large,
+)
 
 logger = logging.getLogger("dianabot.outbox")
 
 # The advisory lock that elects the one publishing relay (b"outbox" read as an integer).
 OUTBOX_RELAY_LOCK_KEY = 122_550_254_464_888
+# The header FastStream adds to every record it publishes.
+CORRELATION_HEADER = "correlation_id"
+# Kafka refuses these records however often they are sent.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
 async def add_to_outbox(
@@ -75,10 +98,22 @@ async def add_to_outbox(
     return envelope
 
 
+@dataclass
+class _PassResult:
+    """What one pass did: rows acknowledged, rows parked (with why), and the failure that ended it."""
+
+    acked: list[int] = field(default_factory=list)
+    parked: list[tuple[Row[Any], str]] = field(default_factory=list)
+    error: BaseException | None = None
+
+
 class OutboxRelay:
     """Publishes unpublished outbox rows in id order; ``run`` keeps one relay publishing across processes.
 
     Delivery is at least once (see the module docstring): rows are marked only after Kafka's ack.
+    A row Kafka can never take (larger than ``max_record_bytes`` or its topic's
+    ``max.message.bytes``, or refused by Kafka as too large) is parked instead: marked with
+    ``parked_at`` and the reason, logged, counted, and never tried again; the rows after it go on.
 
     ``topics`` restricts a relay to some topics (e.g. a separate relay for critical topics, with
     its own ``lock_key``); by default it relays every row.
@@ -96,6 +131,8 @@ class OutboxRelay:
         max_backoff_s: float = 30.0,
         topics: Collection[str] | None = None,
         lock_key: int = OUTBOX_RELAY_LOCK_KEY,
+        lock_session_timeout_s: float = 10.0,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -107,6 +144,14 @@ class OutboxRelay:
         self._ack_timeout_s = ack_timeout_s
         self._max_backoff_s = max_backoff_s
         self._lock_key = lock_key
+        self._lock_session_timeout_s = lock_session_timeout_s
+        # A pass's transaction may sit idle for half the lock's timeout: a relay that hangs mid-pass
+        # loses its row locks before its advisory lock, so the next leader finds every row free.
+        self._pass_idle_ms = int(lock_session_timeout_s * 500)
+        self._touch_every_s = lock_session_timeout_s / 10
+        self._max_record_bytes = max_record_bytes
+        self._topic_limits = TopicLimits(publisher.broker)
+        self._fence: Callable[[], None] | None = None  # while leading: the lease's check
         query = select(
             OutboxEvent.id,
             OutboxEvent.event_id,
@@ -115,7 +160,7 @@ class OutboxRelay:
             OutboxEvent.key,
             OutboxEvent.body,
             OutboxEvent.headers,
-        ).where(OutboxEvent.published_at.is_(None))
+        ).where(OutboxEvent.published_at.is_(None), OutboxEvent.parked_at.is_(None))
         if topics is not None:
             query = query.where(OutboxEvent.topic.in_(sorted(topics)))
         self._pending: Select[Any] = (
@@ -128,88 +173,135 @@ class OutboxRelay:
         """Publish up to ``batch_size`` unpublished rows, mark the acknowledged ones; return their count.
 
         Rows are locked (``FOR UPDATE SKIP LOCKED``) for the pass. When a record fails, the rows
-        acknowledged before it are still marked, then the error is raised.
+        acknowledged before it are still marked (and parked ones parked), then the error is raised.
         """
         async with self._session_factory() as session, session.begin():
             rows = (await session.execute(self._pending)).all()
             if not rows:
                 return 0
-            acked, error = await self._publish(rows)
-            if acked:
-                await session.execute(
-                    update(OutboxEvent)
-                    .where(OutboxEvent.id.in_(acked))
-                    .values(published_at=func.now())
-                    .execution_options(synchronize_session=False)
-                )
-        metrics.OUTBOX_PUBLISHED.inc(len(acked))
-        if error is not None:
-            raise error
-        return len(acked)
+            await session.execute(
+                select(func.set_config("idle_in_transaction_session_timeout", str(self._pass_idle_ms), True))
+            )
+            result = await self._publish(rows, _KeepAlive(session, self._touch_every_s))
+            await _mark(session, result)
+        metrics.OUTBOX_PUBLISHED.inc(len(result.acked))
+        _report_parked(result.parked)
+        if result.error is not None:
+            raise result.error
+        return len(result.acked)
 
-    async def _publish(self, rows: Sequence[Row[Any]]) -> tuple[list[int], BaseException | None]:
-        """Send every row in order, then wait for all acks: the ids acked before any failure, and it."""
-        pending: list[asyncio.Future[Any]] = []
-        error: BaseException | None = None
-        try:
-            for row in rows:
-                pending.append(await self._enqueue(row))
-        except Exception as failure:  # the rows sent before it still count
-            error = failure
-        if pending:
-            await asyncio.wait(pending, timeout=self._ack_timeout_s)
-        for future in pending:
+    async def _publish(self, rows: Sequence[Row[Any]], keep: _KeepAlive) -> _PassResult:
+        """Send every row in order, then wait for all acks; stop at the first failure that is not a size."""
+        result = _PassResult()
+        sent: list[tuple[Row[Any], asyncio.Future[Any]]] = []
+        for row in rows:
+            try:
+                pending = await self._enqueue(row)
+            except _TOO_LARGE as refused:  # the producer's own size check
+                result.parked.append((row, f"the producer refused it: {_describe(refused)}"))
+                continue
+            except Exception as failure:  # the rows sent before it still count
+                result.error = failure
+                break
+            if isinstance(pending, str):
+                result.parked.append((row, pending))
+            else:
+                sent.append((row, pending))
+            await keep.touch()
+        await self._await_acks([future for _, future in sent], keep)
+        for row, future in sent:
             future.add_done_callback(_consume_result)
-        acked: list[int] = []
-        for row, future in zip(rows, pending, strict=False):
             if not future.done():
-                return acked, TimeoutError(f"Kafka did not acknowledge outbox row {row.id} in time")
-            if (send_error := future.exception()) is not None:
-                return acked, send_error
-            acked.append(row.id)
-        return acked, error
+                result.error = TimeoutError(f"Kafka did not acknowledge outbox row {row.id} in time")
+                break
+            if (send_error := future.exception()) is None:
+                result.acked.append(row.id)
+            elif isinstance(send_error, _TOO_LARGE):
+                result.parked.append((row, f"Kafka refused it: {_describe(send_error)}"))
+            else:
+                result.error = send_error
+                break
+        return result
 
-    async def _enqueue(self, row: Row[Any]) -> asyncio.Future[Any]:
+    async def _await_acks(self, futures: Sequence[asyncio.Future[Any]], keep: _KeepAlive) -> None:
+        deadline = time.monotonic() + self._ack_timeout_s
+        pending = set(futures)
+        while pending and (left := deadline - time.monotonic()) > 0:
+            _, pending = await asyncio.wait(pending, timeout=min(left, self._touch_every_s))
+            if pending:
+                await keep.touch()
+
+    async def _enqueue(self, row: Row[Any]) -> asyncio.Future[Any] | str:
+        """Send the row's record; the ack to await, or why it can never be sent (it is then not sent)."""
         stored: dict[str, Any] = row.headers or {}
         headers = {str(name): str(value) for name, value in stored.items()}
         headers[HEADER_EVENT_ID] = str(row.event_id)
         headers[HEADER_EVENT_TYPE] = row.event_type
         body: dict[str, Any] = row.body
+        value = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        correlation_id = str(body.get("correlation_id") or row.event_id)
+        oversize = await self._oversize(
+            row.topic, row.key, value, {**headers, CORRELATION_HEADER: correlation_id}
+        )
+        if oversize is not None:
+            return oversize
+        if self._fence is not None:
+            self._fence()  # never send once the lease may have passed to another relay
         # With FastStream's telemetry middleware on the broker, its publish span joins the
         # writer's trace; without it, the stored traceparent travels as it is.
         token = context.attach(propagate.extract(headers)) if stored else None
         try:
             return await self._publisher.enqueue(
-                row.topic,
-                key=row.key,
-                body=json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
-                headers=headers,
-                correlation_id=str(body.get("correlation_id") or row.event_id),
+                row.topic, key=row.key, body=value, headers=headers, correlation_id=correlation_id
             )
         finally:
             if token is not None:
                 context.detach(token)
+
+    async def _oversize(self, topic: str, key: str, value: bytes, headers: Mapping[str, str]) -> str | None:
+        size = record_size(key.encode(), value, {CONTENT_TYPE: "application/json", **headers})
+        if size > self._max_record_bytes:
+            return too_large(size, self._max_record_bytes, "the relay's max_record_bytes")
+        topic_limit = await self._topic_limits.limit(topic) if size > SMALL_RECORD_BYTES else None
+        if topic_limit is not None and size > topic_limit:
+            return too_large(size, topic_limit, f"max.message.bytes of {topic}")
+        return None
 
     # --- the long-running loop --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; only the holder of the advisory lock publishes.
 
-        A standby retries the lock every ``standby_retry_s``. Errors are logged and retried with
-        a backoff; the loop only ends when ``stop`` is set (or the task is cancelled).
+        A standby retries the lock every ``standby_retry_s``. The leader holds it as a lease
+        (``core/advisory_lease.py``): if it hangs, the server ends its lock session after
+        ``lock_session_timeout_s`` and a standby takes over; once it runs again, it notices the
+        lease ran out before it sends anything more. Errors are logged and retried with a
+        backoff; the loop only ends when ``stop`` is set (or the task is cancelled).
         """
+        lease = AdvisoryLease(
+            self._engine().url,
+            self._lock_key,
+            session_timeout_s=self._lock_session_timeout_s,
+            name="dianabot-outbox-lock",
+        )
+        try:
+            await self._run(lease, stop)
+        finally:
+            await lease.close()
+
+    async def _run(self, lease: AdvisoryLease, stop: asyncio.Event) -> None:
         backoff = _Backoff(self._max_backoff_s)
         standby_logged = False
         while not stop.is_set():
             try:
-                lock = await self._try_lock()
+                taken = await lease.try_acquire()
             except Exception:
                 logger.exception(
                     "outbox relay cannot reach the database", extra={"retry_in_s": backoff.delay}
                 )
                 await _sleep(stop, backoff.next())
                 continue
-            if lock is None:
+            if not taken:
                 if not standby_logged:
                     logger.info("outbox relay on standby: another relay holds lock %s", self._lock_key)
                     standby_logged = True
@@ -219,28 +311,37 @@ class OutboxRelay:
             standby_logged = False
             logger.info("outbox relay is publishing (advisory lock %s taken)", self._lock_key)
             try:
-                await self._lead(lock, stop)
+                await self._lead(lease, stop)
             except Exception:
                 logger.exception("outbox relay lost its lock connection", extra={"retry_in_s": backoff.delay})
                 await _sleep(stop, backoff.next())
             finally:
-                await self._unlock(lock)
+                await lease.release()
+                logger.info("outbox relay released the advisory lock")
 
-    async def _lead(self, lock: AsyncConnection, stop: asyncio.Event) -> None:
+    async def _lead(self, lease: AdvisoryLease, stop: asyncio.Event) -> None:
+        keeper = asyncio.create_task(lease.keep(), name="outbox-relay-lease")
+        self._fence = lease.check
         backoff = _Backoff(self._max_backoff_s)
-        while not stop.is_set():
-            # The lock lives as long as its connection: a dead connection means another relay
-            # may be publishing, so this one must stop (the error leaves the leadership).
-            await lock.execute(text("SELECT 1"))
-            try:
-                published = await self.relay_once()
-            except Exception:
-                logger.exception("outbox relay pass failed", extra={"retry_in_s": backoff.delay})
-                await _sleep(stop, backoff.next())
-                continue
-            backoff.reset()
-            if published == 0:
-                await _sleep(stop, self._poll_interval_s)
+        try:
+            while not stop.is_set():
+                lease.check()  # LeaseLost leaves the leadership
+                try:
+                    published = await self.relay_once()
+                except LeaseLost:
+                    raise
+                except Exception:
+                    logger.exception("outbox relay pass failed", extra={"retry_in_s": backoff.delay})
+                    await _sleep(stop, backoff.next())
+                    continue
+                backoff.reset()
+                if published == 0:
+                    await _sleep(stop, self._poll_interval_s)
+        finally:
+            self._fence = None
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     def _engine(self) -> AsyncEngine:
         bind = self._session_factory.kw.get("bind")
@@ -248,30 +349,52 @@ class OutboxRelay:
             raise TypeError("OutboxRelay.run needs a session factory bound to an AsyncEngine")
         return bind
 
-    async def _try_lock(self) -> AsyncConnection | None:
-        """A dedicated autocommit connection holding the session-level advisory lock, or None."""
-        connection = await self._engine().connect()
-        try:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            taken = await connection.scalar(select(func.pg_try_advisory_lock(self._lock_key)))
-        except BaseException:
-            await connection.invalidate()
-            raise
-        if taken:
-            return connection
-        await connection.close()
-        return None
 
-    async def _unlock(self, lock: AsyncConnection) -> None:
-        try:
-            await lock.execute(select(func.pg_advisory_unlock(self._lock_key)))
-            await lock.close()
-            logger.info("outbox relay released the advisory lock")
-        except Exception:
-            # Ending the server session releases the lock; never pool a connection that may hold it.
-            logger.warning("outbox relay could not release its lock cleanly; dropping the connection")
-            with contextlib.suppress(Exception):
-                await lock.invalidate()
+class _KeepAlive:
+    """Keeps a pass's transaction from counting as idle while it waits on Kafka (see ``relay_once``)."""
+
+    def __init__(self, session: AsyncSession, every_s: float) -> None:
+        self._session = session
+        self._every_s = every_s
+        self._last = time.monotonic()
+
+    async def touch(self) -> None:
+        if time.monotonic() - self._last >= self._every_s:
+            await self._session.execute(text("SELECT 1"))
+            self._last = time.monotonic()
+
+
+async def _mark(session: AsyncSession, result: _PassResult) -> None:
+    if result.acked:
+        await session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(result.acked))
+            .values(published_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+    for row, reason in result.parked:  # rare: one statement each
+        await session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id == row.id)
+            .values(parked_at=func.now(), parked_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _report_parked(parked: Sequence[tuple[Row[Any], str]]) -> None:
+    metrics.OUTBOX_PARKED.inc(len(parked))
+    for row, reason in parked:
+        logger.error(
+            "outbox row %s parked: %s",
+            row.id,
+            reason,
+            extra={
+                "outbox_id": row.id,
+                "event_id": str(row.event_id),
+                "event_type": row.event_type,
+                "topic": row.topic,
+            },
+        )
 
 
 class _Backoff:
@@ -300,3 +423,7 @@ def _consume_result(future: asyncio.Future[Any]) -> None:
     # Retrieve a late failure so asyncio does not log "exception was never retrieved".
     if not future.cancelled():
         future.exception()
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]

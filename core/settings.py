@@ -46,6 +46,12 @@ class KafkaSettings(_Section):
     )
     heartbeat_interval_ms: int = Field(3_000, ge=100, description="Consumer heartbeat period.")
     topic_replication_factor: int = Field(1, ge=1, description="Replication of topics declared at start-up.")
+    max_record_bytes: int = Field(
+        1_048_576,
+        ge=16_384,
+        description="Largest record the producer sends (aiokafka's max_request_size; Kafka's default "
+        "message.max.bytes is 1,048,588). An outbox row whose record is larger is parked, not sent.",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -7,43 +7,43 @@ other tests leave in the shared ``outbox`` table are never touched and nothing i
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
-import signal
-import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import text
 
 from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
 from core.kafka import create_broker
-from core.models import OutboxEvent
 from core.outbox import OutboxRelay, add_to_outbox
 from core.publisher import EventPublisher
 from core.settings import Settings
+from tests.integration.outbox_support import (
+    PRODUCER,
+    NewTopic,
+    RelayProcess,
+    SessionFactory,
+    activity,
+    all_published,
+    eventually,
+    first_seen_per_key,
+    new_lock_key,
+    read_topic,
+    rows_of,
+    unpublished,
+    write,
+    written_per_key,
+)
 
 pytestmark = pytest.mark.integration
-
-PRODUCER = "outbox-test"
-NewTopic = Callable[..., Awaitable[str]]
-SessionFactory = async_sessionmaker[AsyncSession]
-
-
-# --- helpers ------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -54,104 +54,6 @@ async def publisher(kafka: Settings) -> AsyncIterator[EventPublisher]:
     await broker.stop()
 
 
-def _lock_key() -> int:
-    """A lock key of this test alone: relays of other tests (or other runs) never contend with it."""
-    return secrets.randbits(62)
-
-
-def _activity(user_id: int, seq: int) -> UserActivity:
-    return UserActivity(user_id=user_id, at=datetime.now(UTC), kind=str(seq))
-
-
-async def _write(
-    session_factory: SessionFactory, topic: str, payloads: Sequence[UserActivity], per_transaction: int
-) -> list[EventEnvelope]:
-    envelopes: list[EventEnvelope] = []
-    for start in range(0, len(payloads), per_transaction):
-        async with session_factory() as session, session.begin():
-            for payload in payloads[start : start + per_transaction]:
-                envelopes.append(await add_to_outbox(session, payload, producer=PRODUCER, topic=topic))
-    return envelopes
-
-
-async def _rows(session_factory: SessionFactory, topic: str) -> list[tuple[UUID, str, datetime | None]]:
-    """(event_id, key, published_at) of the topic's rows, in id order."""
-    async with session_factory() as session:
-        result = await session.execute(
-            select(OutboxEvent.event_id, OutboxEvent.key, OutboxEvent.published_at)
-            .where(OutboxEvent.topic == topic)
-            .order_by(OutboxEvent.id)
-        )
-        return [(row.event_id, row.key, row.published_at) for row in result]
-
-
-async def _unpublished(session_factory: SessionFactory, topic: str) -> int:
-    return sum(1 for _, _, published_at in await _rows(session_factory, topic) if published_at is None)
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
-
-
-async def _all_published(session_factory: SessionFactory, topic: str, within: float = 60.0) -> None:
-    async def done() -> bool:
-        return await _unpublished(session_factory, topic) == 0
-
-    await _eventually(done, within)
-
-
-class Record:
-    def __init__(self, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]]) -> None:
-        self.key = (key or b"").decode()
-        self.body: dict[str, Any] = json.loads(value or b"{}")
-        self.headers = {name: raw.decode() for name, raw in headers}
-        self.event_id = UUID(self.headers["event_id"])
-
-
-async def _read_topic(settings: Settings, topic: str, partitions: int) -> list[Record]:
-    """Everything on the topic now, each partition in offset order (one key lives in one partition)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    try:
-        assigned = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        end: Mapping[TopicPartition, int] = await consumer.end_offsets(assigned)
-        records: list[Record] = []
-        async with asyncio.timeout(60):
-            while [tp for tp in assigned if await consumer.position(tp) < end[tp]]:
-                batch = await consumer.getmany(*assigned, timeout_ms=500)
-                for partition_records in batch.values():
-                    records += [Record(r.key, r.value, r.headers) for r in partition_records]
-        return records
-    finally:
-        await consumer.stop()
-
-
-def _first_seen_per_key(records: Iterable[Record]) -> dict[str, list[UUID]]:
-    """Each key's event ids in the order they were first consumed (repeats dropped, as a ledger does)."""
-    order: dict[str, list[UUID]] = defaultdict(list)
-    seen: set[UUID] = set()
-    for record in records:
-        if record.event_id not in seen:
-            seen.add(record.event_id)
-            order[record.key].append(record.event_id)
-    return dict(order)
-
-
-def _written_per_key(rows: Iterable[tuple[UUID, str, datetime | None]]) -> dict[str, list[UUID]]:
-    order: dict[str, list[UUID]] = defaultdict(list)
-    for event_id, key, _ in rows:
-        order[key].append(event_id)
-    return dict(order)
-
-
 # --- committed events are relayed, rolled-back ones never are -----------------------------------
 
 
@@ -160,19 +62,19 @@ async def test_committed_events_are_relayed_and_a_rolled_back_one_never_is(
 ) -> None:
     topic = await new_topic(partitions=3)
     tracer = TracerProvider().get_tracer("outbox-test")
-    payloads = [_activity(i % 17, i) for i in range(300)]
+    payloads = [activity(i % 17, i) for i in range(300)]
 
     with tracer.start_as_current_span("bot request") as span:
-        committed = await _write(session_factory, topic, payloads[:150], per_transaction=10)
+        committed = await write(session_factory, topic, payloads[:150], per_transaction=10)
         async with session_factory() as session:
             await session.begin()
-            rolled_back = await add_to_outbox(session, _activity(99, -1), producer=PRODUCER, topic=topic)
+            rolled_back = await add_to_outbox(session, activity(99, -1), producer=PRODUCER, topic=topic)
             await session.flush()  # the row reached the database, inside the transaction
             await session.rollback()
-        committed += await _write(session_factory, topic, payloads[150:], per_transaction=10)
+        committed += await write(session_factory, topic, payloads[150:], per_transaction=10)
     trace_id = format(span.get_span_context().trace_id, "032x")
 
-    relay = OutboxRelay(session_factory, publisher, topics={topic}, lock_key=_lock_key())
+    relay = OutboxRelay(session_factory, publisher, topics={topic}, lock_key=new_lock_key())
     started = time.perf_counter()
     passes = []
     while published := await relay.relay_once():
@@ -183,11 +85,11 @@ async def test_committed_events_are_relayed_and_a_rolled_back_one_never_is(
     )
 
     assert sum(passes) == 300
-    rows = await _rows(session_factory, topic)
+    rows = await rows_of(session_factory, topic)
     assert [event_id for event_id, _, _ in rows] == [e.event_id for e in committed]
     assert all(published_at is not None for _, _, published_at in rows)
 
-    records = await _read_topic(kafka, topic, partitions=3)
+    records = await read_topic(kafka, topic, partitions=3)
     assert Counter(r.event_id for r in records) == Counter({e.event_id: 1 for e in committed})
     assert rolled_back.event_id not in {r.event_id for r in records}
     by_id = {e.event_id: e for e in committed}
@@ -200,75 +102,23 @@ async def test_committed_events_are_relayed_and_a_rolled_back_one_never_is(
         # The writer's trace continues on the record.
         assert record.headers["traceparent"].split("-")[1] == trace_id
     # One key's events arrive in the order they were written.
-    assert _first_seen_per_key(records) == _written_per_key(rows)
+    assert first_seen_per_key(records) == written_per_key(rows)
     assert await relay.relay_once() == 0
 
 
 # --- a relay killed mid-run: at least once, never lost ------------------------------------------
 
 
-class _RelayProcess:
-    """The relay of tests/integration/outbox_relay_proc.py, one process at a time."""
-
-    def __init__(self, settings: Settings, topic: str, lock_key: int, log: Path) -> None:
-        self._args = [
-            "-m",
-            "tests.integration.outbox_relay_proc",
-            f"--database-url={settings.database.url.get_secret_value()}",
-            f"--bootstrap={settings.kafka.bootstrap_servers}",
-            f"--topic={topic}",
-            f"--lock-key={lock_key}",
-            "--batch-size=100",
-            "--pause-s=0.3",
-        ]
-        self._log = log
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self._log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, *self._args, stdout=asyncio.subprocess.PIPE, stderr=log
-            )
-        assert await self.line() == "ready"
-
-    async def line(self) -> str:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), timeout=60)
-        if not raw:
-            raise AssertionError(f"the relay process ended; see {self._log}:\n{self._log.read_text()}")
-        return raw.decode().strip()
-
-    async def kill_after_acks(self, acks: int) -> int:
-        """SIGKILL right after the relay's ``acks``-th acknowledged batch, before it is marked."""
-        acked = 0
-        for _ in range(acks):
-            line = await self.line()
-            assert line.startswith("acked "), line
-            acked = int(line.split()[1])
-        await self._signal(signal.SIGKILL)
-        return acked
-
-    async def stop(self) -> int:
-        return await self._signal(signal.SIGTERM)
-
-    async def _signal(self, signum: int) -> int:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(signum)
-        code = await asyncio.wait_for(self.process.wait(), timeout=30)
-        self.process = None
-        return code
-
-
 async def test_a_relay_killed_mid_run_republishes_but_never_loses_an_event(
     kafka: Settings, session_factory: SessionFactory, new_topic: NewTopic, tmp_path: Path
 ) -> None:
     topic = await new_topic(partitions=6)
-    written = await _write(
-        session_factory, topic, [_activity(i % 50, i) for i in range(2000)], per_transaction=200
+    written = await write(
+        session_factory, topic, [activity(i % 50, i) for i in range(2000)], per_transaction=200
     )
-    relay = _RelayProcess(kafka, topic, _lock_key(), tmp_path / "relay.log")
+    relay = RelayProcess(
+        kafka, topic, new_lock_key(), tmp_path / "relay.log", "--batch-size=100", "--pause-s=0.3"
+    )
 
     kills = 0
     in_flight_at_kill = []
@@ -278,20 +128,20 @@ async def test_a_relay_killed_mid_run_republishes_but_never_loses_an_event(
             # The 2nd acknowledged batch of this run is published but not yet marked when killed.
             in_flight_at_kill.append(await relay.kill_after_acks(2))
             kills += 1
-            pending = await _unpublished(session_factory, topic)
+            pending = await unpublished(session_factory, topic)
             assert 0 < pending < 2000, "each kill lands mid-run, with rows still pending"
         await relay.start()
-        await _all_published(session_factory, topic, within=120)
+        await all_published(session_factory, topic, within=120)
         assert await relay.stop() == 0
     finally:
         if relay.process is not None:
             relay.process.kill()
             await relay.process.wait()
 
-    rows = await _rows(session_factory, topic)
+    rows = await rows_of(session_factory, topic)
     assert len(rows) == 2000
     assert all(published_at is not None for _, _, published_at in rows)
-    records = await _read_topic(kafka, topic, partitions=6)
+    records = await read_topic(kafka, topic, partitions=6)
     counts = Counter(r.event_id for r in records)
     duplicates = len(records) - len(counts)
     print(
@@ -304,7 +154,7 @@ async def test_a_relay_killed_mid_run_republishes_but_never_loses_an_event(
     assert duplicates == sum(in_flight_at_kill)
     assert max(counts.values()) == 2
     # Dropping repeats as a ledger does, each key's events are still in the order written.
-    assert _first_seen_per_key(records) == _written_per_key(rows)
+    assert first_seen_per_key(records) == written_per_key(rows)
 
 
 # --- two relays at once: one publishes, order per key holds -------------------------------------
@@ -335,7 +185,7 @@ async def test_two_relays_at_once_only_the_lock_holder_publishes_and_key_order_h
     kafka: Settings, session_factory: SessionFactory, new_topic: NewTopic, publisher: EventPublisher
 ) -> None:
     topic = await new_topic(partitions=3)
-    lock_key = _lock_key()
+    lock_key = new_lock_key()
     sent_by: list[str] = []
     relays = {
         name: OutboxRelay(
@@ -353,8 +203,8 @@ async def test_two_relays_at_once_only_the_lock_holder_publishes_and_key_order_h
     tasks = {name: asyncio.create_task(relay.run(stops[name])) for name, relay in relays.items()}
     try:
         # Written while both relays poll, in many small transactions, 5 keys interleaved.
-        await _write(session_factory, topic, [_activity(i % 5, i) for i in range(1000)], per_transaction=20)
-        await _all_published(session_factory, topic)
+        await write(session_factory, topic, [activity(i % 5, i) for i in range(1000)], per_transaction=20)
+        await all_published(session_factory, topic)
         first_phase = Counter(sent_by)
         assert len(first_phase) == 1, f"both relays published: {first_phase}"
         [(leader, sent)] = first_phase.items()
@@ -364,10 +214,10 @@ async def test_two_relays_at_once_only_the_lock_holder_publishes_and_key_order_h
         stops[leader].set()
         await asyncio.wait_for(tasks[leader], timeout=10)
         del sent_by[:]
-        await _write(
-            session_factory, topic, [_activity(i % 5, i) for i in range(1000, 1500)], per_transaction=20
+        await write(
+            session_factory, topic, [activity(i % 5, i) for i in range(1000, 1500)], per_transaction=20
         )
-        await _all_published(session_factory, topic)
+        await all_published(session_factory, topic)
         standby = "b" if leader == "a" else "a"
         assert Counter(sent_by) == Counter({standby: 500})
     finally:
@@ -375,14 +225,14 @@ async def test_two_relays_at_once_only_the_lock_holder_publishes_and_key_order_h
             stop.set()
             await asyncio.wait_for(tasks[name], timeout=10)
 
-    rows = await _rows(session_factory, topic)
-    records = await _read_topic(kafka, topic, partitions=3)
+    rows = await rows_of(session_factory, topic)
+    records = await read_topic(kafka, topic, partitions=3)
     assert len(records) == 1500 == len({r.event_id for r in records})
     # Each key's events were consumed in outbox id order.
     consumed: dict[str, list[UUID]] = defaultdict(list)
     for record in records:
         consumed[record.key].append(record.event_id)
-    assert dict(consumed) == _written_per_key(rows)
+    assert dict(consumed) == written_per_key(rows)
 
 
 # --- failures: the acknowledged prefix is kept, the relay loop survives -------------------------
@@ -427,14 +277,14 @@ async def test_a_failed_record_keeps_the_acknowledged_prefix_and_the_loop_retrie
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     topic = await new_topic(partitions=1)
-    written = await _write(session_factory, topic, [_activity(1, i) for i in range(20)], per_transaction=20)
+    written = await write(session_factory, topic, [activity(1, i) for i in range(20)], per_transaction=20)
     flaky = _FlakyPublisher(publisher)
-    relay = OutboxRelay(session_factory, flaky, topics={topic}, lock_key=_lock_key(), poll_interval_s=0.02)
+    relay = OutboxRelay(session_factory, flaky, topics={topic}, lock_key=new_lock_key(), poll_interval_s=0.02)
 
     flaky.fail_ack = {8}
     with pytest.raises(TimeoutError, match="no acknowledgement"):
         await relay.relay_once()
-    marked = [published_at is not None for _, _, published_at in await _rows(session_factory, topic)]
+    marked = [published_at is not None for _, _, published_at in await rows_of(session_factory, topic)]
     assert marked == [True] * 7 + [False] * 13
 
     # The next two passes fail on their first send; the loop logs, backs off, and carries on.
@@ -442,7 +292,7 @@ async def test_a_failed_record_keeps_the_acknowledged_prefix_and_the_loop_retrie
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
-        await _all_published(session_factory, topic, within=30)
+        await all_published(session_factory, topic, within=30)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
@@ -450,7 +300,7 @@ async def test_a_failed_record_keeps_the_acknowledged_prefix_and_the_loop_retrie
     assert len(failures) == 2
     assert all(r.getMessage() == "outbox relay pass failed" for r in failures)
 
-    records = await _read_topic(kafka, topic, partitions=1)
+    records = await read_topic(kafka, topic, partitions=1)
     # Records 9..20 were acknowledged in the failed pass but not marked: they came again.
     assert Counter(r.event_id for r in records) == {
         e.event_id: 2 if i >= 8 else 1 for i, e in enumerate(written)
@@ -466,7 +316,7 @@ async def test_the_relay_survives_losing_its_lock_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     topic = await new_topic(partitions=1)
-    lock_key = _lock_key()
+    lock_key = new_lock_key()
     relay = OutboxRelay(session_factory, publisher, topics={topic}, lock_key=lock_key, poll_interval_s=0.02)
     holder = text(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -484,7 +334,7 @@ async def test_the_relay_survives_losing_its_lock_connection(
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
-        await _eventually(has_holder, within=10)
+        await eventually(has_holder, within=10)
         first = await lock_holder()
         async with session_factory() as session:
             await session.execute(text("SELECT pg_terminate_backend(:pid)").bindparams(pid=first))
@@ -492,17 +342,17 @@ async def test_the_relay_survives_losing_its_lock_connection(
         async def new_holder() -> bool:
             return (await lock_holder()) not in (None, first)
 
-        await _eventually(new_holder, within=15)
-        payloads = [_activity(1, i) for i in range(10)]
-        written = await _write(session_factory, topic, payloads, per_transaction=10)
-        await _all_published(session_factory, topic, within=15)
+        await eventually(new_holder, within=15)
+        payloads = [activity(1, i) for i in range(10)]
+        written = await write(session_factory, topic, payloads, per_transaction=10)
+        await all_published(session_factory, topic, within=15)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
     assert not task.cancelled()
     assert task.exception() is None
     assert "outbox relay lost its lock connection" in [r.getMessage() for r in caplog.records]
-    records = await _read_topic(kafka, topic, partitions=1)
+    records = await read_topic(kafka, topic, partitions=1)
     assert [r.event_id for r in records] == [e.event_id for e in written]
 
 
@@ -517,9 +367,9 @@ async def test_the_writers_trace_continues_through_the_telemetry_middleware(
     await broker.connect()
     try:
         with provider.get_tracer("bot").start_as_current_span("bot request") as writer:
-            [written] = await _write(session_factory, topic, [_activity(1, 0)], per_transaction=1)
+            [written] = await write(session_factory, topic, [activity(1, 0)], per_transaction=1)
         publisher = EventPublisher(broker, PRODUCER)
-        relay = OutboxRelay(session_factory, publisher, topics={topic}, lock_key=_lock_key())
+        relay = OutboxRelay(session_factory, publisher, topics={topic}, lock_key=new_lock_key())
         assert await relay.relay_once() == 1
     finally:
         await broker.stop()
@@ -528,6 +378,6 @@ async def test_the_writers_trace_continues_through_the_telemetry_middleware(
     relay_spans = [s for s in spans.get_finished_spans() if s.name.startswith(topic)]
     assert {s.name for s in relay_spans} == {f"{topic} create", f"{topic} publish"}
     assert all(s.context is not None and s.context.trace_id == trace_id for s in relay_spans)
-    [record] = await _read_topic(kafka, topic, partitions=1)
+    [record] = await read_topic(kafka, topic, partitions=1)
     assert record.event_id == written.event_id
     assert record.headers["traceparent"].split("-")[1] == format(trace_id, "032x")
