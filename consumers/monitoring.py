@@ -3,7 +3,8 @@
 Jobs (scheduler ticks; ``consumers/jobs.py`` records their runs):
 
 * ``scheduled_minutely_monitoring_heartbeat`` — runs the checks of ``core/monitoring.py`` (consumer
-  lag, dead-letter growth, jobs that missed their schedule, PostgreSQL and Kafka reachability) and
+  lag, dead-letter growth, parked outbox rows and dead letters kept in PostgreSQL because Kafka would
+  not take them, jobs that missed their schedule, PostgreSQL and Kafka reachability) and
   emits one ``alert.raised`` per finding and one ``alert.resolved`` per open incident that cleared;
 * ``scheduled_daily_job_summary`` — one admin-chat message with the last 24 h of job runs per job
   (runs, failures, skips, longest) and the open incidents.
@@ -16,7 +17,7 @@ once when it clears. Critical priority; send keys derived from the incident, so 
 sends twice. One handler for both event types keeps a key's raise and resolve in topic order.
 
 **When PostgreSQL or Kafka is down** nothing above can run: ticks, the ledger, the outbox and the send
-ledger all need both. So each consumer process also runs a small ``Watchdog`` (``core/monitoring.py``)
+ledger all need both. So each consumer process also runs a small ``Watchdog`` (``core/watchdog.py``)
 that probes both every few seconds and, after several failures in a row, sends the admin chat one
 message straight through the bot (``TelegramSender.send_unrecorded``: no ledger, no shared limits),
 and one recovery message when the probe passes again. Its state is in memory, so every consumer
@@ -44,21 +45,12 @@ from contracts.ids import derived_event_id
 from contracts.topics import ALERTS, TopicSpec
 from core import metrics
 from core.incidents import AlertIncident, Notice, open_incidents, record_raised, record_resolved
-from core.monitoring import (
-    HEARTBEAT_JOB,
-    JobTotals,
-    MonitoringSettings,
-    Watchdog,
-    cleared,
-    database_probe,
-    job_totals,
-    kafka_probe,
-    run_checks,
-)
+from core.monitoring import HEARTBEAT_JOB, JobTotals, MonitoringSettings, cleared, job_totals, run_checks
 from core.outbox import add_to_outbox
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
 from core.settings import KafkaSettings
 from core.telegram.sender import SendRequest, TelegramSender, sender_from
+from core.watchdog import Watchdog, database_probe, kafka_probe
 from schedulers.jobs import JobDefinition
 
 logger = logging.getLogger("dianabot.monitoring")

@@ -366,6 +366,8 @@ class OutboxEvent(Base):
     __table_args__ = (
         Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
         Index("ix_outbox_published_at", "published_at"),
+        # The heartbeat looks for parked rows every minute; they are few, the table is not.
+        Index("ix_outbox_parked", "parked_at", postgresql_where=text("parked_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -1,50 +1,46 @@
-"""The heartbeat's checks: what is wrong now, as findings with a stable alert key.
-
-Each check returns a ``CheckResult``: its findings and the keys it *covers* (could have found). An
-open incident whose key a check covers but no longer finds has cleared; one whose check could not
-run (Kafka down: no lag figures) stays open, so a blind heartbeat never announces a recovery.
+"""The heartbeat's checks: what is wrong now, as findings with a stable alert key (``core/findings.py``).
 
 * ``lag_check``: consumer groups (``core/lag.py``) further behind than the threshold; retry groups
   are left out, since their records wait for their due time by design;
 * ``dead_letter_check``: records added to the dead-letter topic since the previous heartbeat (its
   end offsets, remembered in ``monitoring_counters``);
+* ``parked_outbox_check`` / ``stored_dead_letter_check`` (``core/stranded.py``): what Kafka would
+  not take and PostgreSQL keeps instead; alerts stay open while such rows exist;
 * ``stale_jobs``: scheduled jobs whose last finished run is for a slot older than the schedule's
   previous slot, once that slot is past its misfire grace plus a run allowance (pure);
-* ``probe_database`` / ``probe_kafka``: reachability within a short time limit. The heartbeat runs
-  them too, but it runs on PostgreSQL and Kafka, so it cannot report either being down: ``Watchdog``
-  probes both from inside each consumer process and tells the admin chat directly (see
-  ``consumers/monitoring.py``).
+* PostgreSQL and Kafka reachability within a short time limit (the probes of ``core/watchdog.py``,
+  which also watch from inside each consumer process when the heartbeat itself cannot run).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiokafka.structs import TopicPartition
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from core.incidents import Severity, read_counter, write_counter
+from core.findings import KEY_PREFIX, CheckResult, Finding
+from core.incidents import read_counter, write_counter
 from core.jobs import JobRun, JobRunStatus
 from core.kafka import admin_client
 from core.lag import DEFAULT_PREFIX, GroupLag, group_lags, log_bounds
 from core.pipeline.errors import describe
 from core.settings import KafkaSettings
+from core.stranded import parked_outbox_check, stored_dead_letter_check
+from core.watchdog import DATABASE_KEY, KAFKA_KEY, Probe, database_probe, kafka_probe
 from schedulers.cron import CronSchedule
 from schedulers.jobs import JobDefinition
 
 logger = logging.getLogger("dianabot.monitoring")
 
-KEY_PREFIX = "monitoring."
 HEARTBEAT_JOB = "scheduled_minutely_monitoring_heartbeat"
 
 
@@ -75,6 +71,12 @@ class MonitoringSettings(BaseSettings):
     dead_letter_threshold: int = Field(
         1, ge=1, description="New dead letters between two heartbeats that raise an alert."
     )
+    parked_topic_prefix: str = Field(
+        "", description="Outbox topics whose parked rows raise an alert (all of them by default)."
+    )
+    stored_dead_letter_handler_prefix: str = Field(
+        "", description="Handlers whose dead letters stored in PostgreSQL raise an alert (all by default)."
+    )
     run_allowance: timedelta = Field(
         timedelta(minutes=10),
         description="How long a job's run may take after its slot's misfire grace before it counts as "
@@ -93,26 +95,6 @@ class MonitoringSettings(BaseSettings):
     watchdog_failures: int = Field(
         4, ge=1, description="Consecutive failed probes before the watchdog tells the admin chat."
     )
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Something wrong now; ``key`` is the same for as long as it stays wrong (one incident)."""
-
-    key: str
-    severity: Severity
-    summary: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    findings: list[Finding]
-    keys: frozenset[str] = frozenset()
-    prefixes: tuple[str, ...] = ()
-
-    def covers(self, key: str) -> bool:
-        return key in self.keys or key.startswith(self.prefixes)
 
 
 # --- lag -----------------------------------------------------------------------------------------
@@ -289,55 +271,6 @@ async def first_run_slot(session: AsyncSession) -> datetime | None:
     return await session.scalar(select(func.min(JobRun.slot)))
 
 
-# --- reachability --------------------------------------------------------------------------------
-
-DATABASE_KEY = f"{KEY_PREFIX}database"
-KAFKA_KEY = f"{KEY_PREFIX}kafka"
-
-Probe = Callable[[], Awaitable[Finding | None]]
-
-
-def database_probe(engine: AsyncEngine, timeout_s: float) -> Probe:
-    """A finding when PostgreSQL does not answer ``SELECT 1`` within ``timeout_s``."""
-
-    async def probe() -> Finding | None:
-        try:
-            async with asyncio.timeout(timeout_s), engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception as error:
-            return _unreachable(DATABASE_KEY, "PostgreSQL", error, timeout_s)
-        return None
-
-    return probe
-
-
-def kafka_probe(kafka: KafkaSettings, timeout_s: float) -> Probe:
-    """A finding when Kafka does not give its cluster metadata within ``timeout_s``."""
-
-    async def probe() -> Finding | None:
-        admin = admin_client(kafka, "monitoring-probe")
-        try:
-            async with asyncio.timeout(timeout_s):
-                await admin.start()
-                await admin.list_topics()
-        except Exception as error:
-            return _unreachable(KAFKA_KEY, f"Kafka at {kafka.bootstrap_servers}", error, timeout_s)
-        finally:
-            await admin.close()
-        return None
-
-    return probe
-
-
-def _unreachable(key: str, what: str, error: Exception, timeout_s: float) -> Finding:
-    reason = (
-        f"no answer within {timeout_s:g}s"
-        if isinstance(error, TimeoutError)
-        else f"{type(error).__name__}: {describe(error, 200)}"
-    )
-    return Finding(key, "critical", f"{what} is unreachable: {reason}.", {"error": reason})
-
-
 async def probe_check(probe: Probe, key: str) -> CheckResult:
     found = await probe()
     return CheckResult([found] if found else [], keys=frozenset({key}))
@@ -376,7 +309,7 @@ def merge(results: Iterable[CheckResult], checks: Iterable[str]) -> CheckResult:
 
 # --- the heartbeat's run -------------------------------------------------------------------------
 
-CHECKS = ("database", "kafka", "lag", "dead_letters", "stale_jobs")
+CHECKS = ("database", "kafka", "lag", "dead_letters", "outbox_parked", "dead_letters_stored", "stale_jobs")
 
 
 async def run_checks(
@@ -400,6 +333,10 @@ async def run_checks(
     if not reached.findings:
         results.append(await guarded("lag", lag_check(kafka, settings)))
         results.append(await guarded("dead_letters", dead_letter_check(session, kafka, settings, now)))
+    parked = parked_outbox_check(session, settings.parked_topic_prefix)
+    results.append(await guarded("outbox_parked", parked))
+    stored = stored_dead_letter_check(session, settings.stored_dead_letter_handler_prefix)
+    results.append(await guarded("dead_letters_stored", stored))
     results.append(await guarded("stale_jobs", stale_job_check(session, jobs, settings, tz=tz, slot=slot)))
     return merge(results, CHECKS)
 
@@ -479,71 +416,3 @@ async def job_totals(session: AsyncSession, since: datetime, until: datetime) ->
         .order_by(JobRun.job)
     )
     return [JobTotals(job, runs, failed, skipped, longest) for job, runs, failed, skipped, longest in rows]
-
-
-# --- the watchdog --------------------------------------------------------------------------------
-
-Notify = Callable[[str], Awaitable[None]]
-
-
-class Watchdog:
-    """Probes PostgreSQL and Kafka every ``interval_s``; after ``failures`` failures in a row tells
-    the chat once (``notify``), and once more when the probe passes again. State is in memory: it
-    must work while the database is down, so it is per process and forgets on restart. A message
-    that could not be sent is tried again at the next probe."""
-
-    def __init__(
-        self,
-        probes: Mapping[str, Probe],
-        notify: Notify,
-        *,
-        interval_s: float,
-        failures: int,
-        origin: str = "",
-    ) -> None:
-        self.probes = dict(probes)
-        self.notify = notify
-        self.origin = origin
-        self.interval_s = interval_s
-        self.failures = failures
-        self.failed_in_row: dict[str, int] = defaultdict(int)
-        self.alerted: dict[str, Finding] = {}
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.probe_once()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                continue
-
-    async def probe_once(self) -> None:
-        names = list(self.probes)
-        found = await asyncio.gather(*(self.probes[name]() for name in names))
-        for name, finding in zip(names, found, strict=True):
-            await self._update(name, finding)
-
-    async def _update(self, name: str, finding: Finding | None) -> None:
-        if finding is None:
-            self.failed_in_row[name] = 0
-            was = self.alerted.get(name)
-            if was is not None and await self._tell(f"✅ Recovered: {name} is reachable again ({was.key})."):
-                del self.alerted[name]
-            return
-        self.failed_in_row[name] += 1
-        if self.failed_in_row[name] >= self.failures and name not in self.alerted:
-            message = (
-                f"🔴 CRITICAL: {finding.summary}\n{self.failed_in_row[name]} probes in a row failed "
-                "(jobs and alerts are stalled meanwhile)."
-            )
-            if await self._tell(message):
-                self.alerted[name] = finding
-
-    async def _tell(self, message: str) -> bool:
-        text = f"{message}\nSeen by consumer {self.origin}." if self.origin else message
-        try:
-            await self.notify(text)
-        except Exception as error:  # best effort: the next probe tries again
-            logger.warning("watchdog could not reach the admin chat: %s", describe(error, 200))
-            return False
-        return True

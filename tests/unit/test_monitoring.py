@@ -8,14 +8,12 @@ from zoneinfo import ZoneInfo
 from consumers.jobs import ScheduledJobs
 from consumers.monitoring import handled_jobs, notice_text
 from contracts.events import SchedulerTick
+from core.findings import CheckResult, Finding
 from core.incidents import IncidentView, Notice, notice_due
 from core.lag import GroupLag
 from core.monitoring import (
     HEARTBEAT_JOB,
-    CheckResult,
-    Finding,
     MonitoringSettings,
-    Watchdog,
     cleared,
     dead_letter_findings,
     lag_findings,
@@ -25,6 +23,7 @@ from core.monitoring import (
     watched_jobs,
 )
 from core.pipeline.handlers import HandlerContext, HandlerGroup
+from core.watchdog import Watchdog
 from schedulers.cron import CronSchedule
 from schedulers.jobs import JOBS_BY_NAME, JobDefinition
 
