@@ -2,9 +2,10 @@
 
 Each step queues up to ``DIANABOT_SENDER__BROADCAST_CHUNK_SIZE`` recipients (keyset over users.id,
 users who blocked the bot are recorded and skipped), emits their ``NotificationRequested`` events
-on the broadcast's priority lane, and, while users remain, emits the same ``BroadcastRequested``
-again to take the next page. Everything a step does commits with its ledger row, so a crash
-repeats at most one page, and no recipient is queued twice.
+on the broadcast's priority lane, and, while users remain, emits the ``BroadcastRequested`` again
+(without any listed ids: those are in ``broadcast_audience``) to take the next page. Everything a
+step does commits with its ledger row, so a crash repeats at most one page, and no recipient is
+queued twice; no record carries more than one page.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from contracts.events import BroadcastRequested, NotificationRequested, Priority
 from contracts.topics import BROADCASTS, NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
 from core.outbox import add_to_outbox
 from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.telegram.broadcasts import FanOutStep, ProgressReporter, continuation_event_id, fan_out_step
+from core.telegram.broadcasts import (
+    FanOutStep,
+    ProgressReporter,
+    continuation_event_id,
+    continuation_of,
+    fan_out_step,
+)
 from core.telegram.sender import sender_from
 
 logger = logging.getLogger("dianabot.broadcasts")
@@ -76,7 +83,7 @@ def build_handlers(
             next_step = continuation_event_id(event.broadcast_id, step.cursor)
             await add_to_outbox(
                 ctx.session,
-                event,
+                continuation_of(event),
                 producer=PRODUCER,
                 caused_by=ctx.envelope,
                 event_id=next_step,

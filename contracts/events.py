@@ -195,11 +195,28 @@ class NotificationRequested(_UserEvent):
         return self
 
 
+# Up to about 200 KB of ids: a record stays far below Kafka's 1 MB whatever the ids and content.
+# A longer list is stored in broadcast_audience with the request (recipients_stored);
+# core.telegram.broadcasts.add_broadcast_to_outbox does both in the caller's transaction.
+MAX_INLINE_RECIPIENTS = 10_000
+
+
 class BroadcastRequested(EventPayload):
+    """A message to an audience (all, VIP, free, or listed users), fanned out a page at a time."""
+
     event_type: ClassVar[str] = "broadcast.requested"
     broadcast_id: str
     audience: Literal["all", "vip", "free", "list"]
-    user_ids: tuple[int, ...] = Field((), description="The recipients when audience is 'list'.")
+    user_ids: tuple[int, ...] = Field(
+        (),
+        max_length=MAX_INLINE_RECIPIENTS,
+        description="The recipients when audience is 'list' (longer lists: recipients_stored).",
+    )
+    recipients_stored: bool = Field(
+        False,
+        description="Audience 'list' only: the recipients are the broadcast's rows in broadcast_audience "
+        "(written with this event), not user_ids.",
+    )
     content: MessageContent
     priority: Priority = Priority.BULK
 
@@ -208,8 +225,10 @@ class BroadcastRequested(EventPayload):
 
     @model_validator(mode="after")
     def _list_has_users(self) -> BroadcastRequested:
-        if self.audience == "list" and not self.user_ids:
-            raise ValueError("audience 'list' needs user_ids")
+        if self.audience == "list" and not (self.user_ids or self.recipients_stored):
+            raise ValueError("audience 'list' needs user_ids or recipients_stored")
+        if self.recipients_stored and (self.audience != "list" or self.user_ids):
+            raise ValueError("recipients_stored is for audience 'list' without user_ids")
         return self
 
 

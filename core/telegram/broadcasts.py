@@ -3,10 +3,15 @@
 A broadcast is fanned out one keyset page of users at a time. Each step runs in the handler's
 unit of work: it locks the broadcast's row, reads the next ``chunk_size`` users after the cursor,
 records them as recipients, advances the cursor, and the handler emits one ``NotificationRequested``
-per recipient (and, if users remain, the same ``BroadcastRequested`` again to continue) through the
+per recipient (and, if users remain, a continuation of the ``BroadcastRequested``) through the
 outbox. A step commits whole or not at all, so a crash repeats at most the step in progress and no
 recipient is queued twice; the notifications' event ids are derived from (broadcast, user), so even a
 repeated emission would be dropped as a duplicate.
+
+No record carries a whole audience: a listed one lives in ``broadcast_audience`` (written by the
+requester with ``add_broadcast_to_outbox``, or copied there from a short inline list by the first
+step), each step reads its page from there and deletes what it went past, and continuations carry
+no ids. So a broadcast to any number of users is made of records of bounded size.
 
 Progress comes from the send ledger: a recipient's message is sent, failed, blocked (or skipped
 because the user had blocked the bot already), unknown, or still pending.
@@ -18,7 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -28,11 +33,11 @@ from sqlalchemy import (
     Row,
     Select,
     and_,
-    any_,
     bindparam,
     case,
     delete,
     func,
+    literal,
     or_,
     select,
     tuple_,
@@ -41,12 +46,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.events import BroadcastRequested
+from contracts.envelope import EventEnvelope
+from contracts.events import BroadcastRequested, MessageContent, Priority
 from contracts.ids import derived_event_id
 from core.models import User, UserState
+from core.outbox import add_to_outbox
 from core.telegram import metrics
 from core.telegram.models import (
     Broadcast,
+    BroadcastAudience,
     BroadcastRecipient,
     RecipientStatus,
     SendStatus,
@@ -88,16 +96,70 @@ class FanOutStep:
     done: bool
 
 
+# Ids stored per statement: one array parameter each, so a long list is a few round trips.
+_AUDIENCE_CHUNK = 10_000
+
+
+async def add_broadcast_to_outbox(
+    session: AsyncSession,
+    *,
+    broadcast_id: str,
+    user_ids: Iterable[int],
+    content: MessageContent,
+    producer: str,
+    priority: Priority = Priority.BULK,
+    caused_by: EventEnvelope | None = None,
+    topic: str | None = None,
+) -> EventEnvelope:
+    """Request a broadcast to listed users, however many, in the caller's transaction.
+
+    The ids go to ``broadcast_audience`` and the request (``recipients_stored``) to the outbox, so
+    both exist exactly when the caller's transaction commits, and the request's record stays small.
+    ``topic`` overrides the registry's topic (tests).
+    """
+    await store_audience(session, broadcast_id, user_ids)
+    request = BroadcastRequested(
+        broadcast_id=broadcast_id, audience="list", recipients_stored=True, content=content, priority=priority
+    )
+    return await add_to_outbox(session, request, producer=producer, caused_by=caused_by, topic=topic)
+
+
+async def store_audience(session: AsyncSession, broadcast_id: str, user_ids: Iterable[int]) -> None:
+    """Add users to a listed broadcast's audience (repeats are ignored)."""
+    ids = sorted(set(user_ids))
+    for start in range(0, len(ids), _AUDIENCE_CHUNK):
+        unnested = func.unnest(
+            bindparam("ids", ids[start : start + _AUDIENCE_CHUNK], type_=ARRAY(BigInteger))
+        )
+        await session.execute(
+            insert(BroadcastAudience)
+            .from_select(["broadcast_id", "user_id"], select(literal(broadcast_id), unnested))
+            .on_conflict_do_nothing()
+        )
+
+
+def continuation_of(event: BroadcastRequested) -> BroadcastRequested:
+    """The request that takes the next step: a listed audience is in PostgreSQL by now, not in it."""
+    if event.audience != "list":
+        return event
+    return event.model_copy(update={"user_ids": (), "recipients_stored": True})
+
+
 def _audience(event: BroadcastRequested, cursor: int, limit: int) -> Select[tuple[int, int, bool]]:
-    query = select(User.id, User.telegram_id, User.bot_blocked_at.is_not(None)).where(User.id > cursor)
+    query = select(User.id, User.telegram_id, User.bot_blocked_at.is_not(None))
     if event.audience == "list":
-        ids = bindparam("audience_ids", sorted(set(event.user_ids)), type_=ARRAY(BigInteger))
-        query = query.where(User.id == any_(ids))
-    elif event.audience == "all":
+        listed = BroadcastAudience.broadcast_id == event.broadcast_id
+        return (
+            query.join(BroadcastAudience, and_(listed, BroadcastAudience.user_id == User.id))
+            .where(BroadcastAudience.user_id > cursor)
+            .order_by(BroadcastAudience.user_id)
+            .limit(limit)
+        )
+    if event.audience == "all":
         query = query.where(User.state != UserState.BANNED)
     else:
         query = query.where(User.state == UserState(event.audience))
-    return query.order_by(User.id).limit(limit)
+    return query.where(User.id > cursor).order_by(User.id).limit(limit)
 
 
 async def fan_out_step(session: AsyncSession, event: BroadcastRequested, *, chunk_size: int) -> FanOutStep:
@@ -122,10 +184,14 @@ async def fan_out_step(session: AsyncSession, event: BroadcastRequested, *, chun
     ).one()
     if broadcast.fanned_out_at is not None:
         return FanOutStep(event.broadcast_id, [], 0, broadcast.cursor_user_id, done=True)
+    if event.user_ids:  # an inline list (again, for a redelivery: repeats are ignored)
+        await store_audience(session, event.broadcast_id, event.user_ids)
     users = (await session.execute(_audience(event, broadcast.cursor_user_id, chunk_size))).all()
     queued, skipped = await _record_recipients(session, event.broadcast_id, users)
     cursor = users[-1][0] if users else broadcast.cursor_user_id
     done = len(users) < chunk_size
+    if event.audience == "list":
+        await _forget_audience(session, event.broadcast_id, None if done else cursor)
     await session.execute(
         update(Broadcast)
         .where(Broadcast.broadcast_id == event.broadcast_id)
@@ -139,6 +205,14 @@ async def fan_out_step(session: AsyncSession, event: BroadcastRequested, *, chun
     metrics.BROADCAST_RECIPIENTS.labels(RecipientStatus.QUEUED.value).inc(len(queued))
     metrics.BROADCAST_RECIPIENTS.labels(RecipientStatus.SKIPPED_BLOCKED.value).inc(skipped)
     return FanOutStep(event.broadcast_id, queued, skipped, cursor, done)
+
+
+async def _forget_audience(session: AsyncSession, broadcast_id: str, up_to: int | None) -> None:
+    """Delete the audience rows a step went past (all of them once the fan-out is done)."""
+    rows = delete(BroadcastAudience).where(BroadcastAudience.broadcast_id == broadcast_id)
+    if up_to is not None:
+        rows = rows.where(BroadcastAudience.user_id <= up_to)
+    await session.execute(rows)
 
 
 async def _record_recipients(

@@ -107,6 +107,20 @@ class Broadcast(Base):
     fanned_out_at: Mapped[datetime | None]
 
 
+class BroadcastAudience(Base):
+    """A listed broadcast's recipients, for lists too long to travel in the request's record.
+
+    Written by the requester in the transaction that adds the request to the outbox (or copied from
+    an inline list by the first fan-out step); each step reads its page from here and deletes the
+    rows it went past. No foreign key: the rows exist before the broadcast's own row does.
+    """
+
+    __tablename__ = "broadcast_audience"
+
+    broadcast_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
 class BroadcastRecipient(Base):
     """One recipient of a broadcast and the notification event that carries its message."""
 

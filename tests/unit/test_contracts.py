@@ -171,6 +171,11 @@ def _errors(node: dict[str, Any] | bool, value: Any, root: dict[str, Any], at: s
                 len(value) >= rule if keyword == "minLength" else len(value) <= rule
             ):
                 yield f"{at}: {keyword} {rule}"
+        elif keyword in ("minItems", "maxItems"):
+            if isinstance(value, list) and not (
+                len(value) >= rule if keyword == "minItems" else len(value) <= rule
+            ):
+                yield f"{at}: {keyword} {rule}"
         elif keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             if (
                 isinstance(value, int | float)
