@@ -31,8 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -182,7 +181,8 @@ class OutboxRelay:
             await session.execute(
                 select(func.set_config("idle_in_transaction_session_timeout", str(self._pass_idle_ms), True))
             )
-            result = await self._publish(rows, _KeepAlive(session, self._touch_every_s))
+            async with _kept_alive(session, self._touch_every_s):
+                result = await self._publish(rows)
             await _mark(session, result)
         metrics.OUTBOX_PUBLISHED.inc(len(result.acked))
         _report_parked(result.parked)
@@ -190,7 +190,7 @@ class OutboxRelay:
             raise result.error
         return len(result.acked)
 
-    async def _publish(self, rows: Sequence[Row[Any]], keep: _KeepAlive) -> _PassResult:
+    async def _publish(self, rows: Sequence[Row[Any]]) -> _PassResult:
         """Send every row in order, then wait for all acks; stop at the first failure that is not a size."""
         result = _PassResult()
         sent: list[tuple[Row[Any], asyncio.Future[Any]]] = []
@@ -207,8 +207,8 @@ class OutboxRelay:
                 result.parked.append((row, pending))
             else:
                 sent.append((row, pending))
-            await keep.touch()
-        await self._await_acks([future for _, future in sent], keep)
+        if sent:
+            await asyncio.wait([future for _, future in sent], timeout=self._ack_timeout_s)
         for row, future in sent:
             future.add_done_callback(_consume_result)
             if not future.done():
@@ -222,14 +222,6 @@ class OutboxRelay:
                 result.error = send_error
                 break
         return result
-
-    async def _await_acks(self, futures: Sequence[asyncio.Future[Any]], keep: _KeepAlive) -> None:
-        deadline = time.monotonic() + self._ack_timeout_s
-        pending = set(futures)
-        while pending and (left := deadline - time.monotonic()) > 0:
-            _, pending = await asyncio.wait(pending, timeout=min(left, self._touch_every_s))
-            if pending:
-                await keep.touch()
 
     async def _enqueue(self, row: Row[Any]) -> asyncio.Future[Any] | str:
         """Send the row's record; the ack to await, or why it can never be sent (it is then not sent)."""
@@ -350,18 +342,26 @@ class OutboxRelay:
         return bind
 
 
-class _KeepAlive:
-    """Keeps a pass's transaction from counting as idle while it waits on Kafka (see ``relay_once``)."""
+@contextlib.asynccontextmanager
+async def _kept_alive(session: AsyncSession, every_s: float) -> AsyncIterator[None]:
+    """Ping the pass's transaction while it waits on Kafka, so it never counts as idle then.
 
-    def __init__(self, session: AsyncSession, every_s: float) -> None:
-        self._session = session
-        self._every_s = every_s
-        self._last = time.monotonic()
+    A hung process stops pinging, and the server ends the transaction (see ``relay_once``). The
+    session is only used here while the block runs; leaving waits for a ping in flight.
+    """
+    done = asyncio.Event()
 
-    async def touch(self) -> None:
-        if time.monotonic() - self._last >= self._every_s:
-            await self._session.execute(text("SELECT 1"))
-            self._last = time.monotonic()
+    async def ping() -> None:
+        while not await _wait(done, every_s):
+            await session.execute(text("SELECT 1"))
+
+    pinger = asyncio.create_task(ping(), name="outbox-pass-keepalive")
+    try:
+        yield
+    finally:
+        done.set()
+        with contextlib.suppress(Exception):  # a dead connection fails the pass's marking instead
+            await pinger
 
 
 async def _mark(session: AsyncSession, result: _PassResult) -> None:
@@ -415,8 +415,14 @@ class _Backoff:
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
     """Sleep, waking early when ``stop`` is set."""
+    await _wait(stop, seconds)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Whether ``event`` was set within ``seconds``."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    return event.is_set()
 
 
 def _consume_result(future: asyncio.Future[Any]) -> None:

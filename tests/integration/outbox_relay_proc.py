@@ -24,7 +24,7 @@ from sqlalchemy import Row
 from core.advisory_lease import AdvisoryLease
 from core.db import create_engine, create_session_factory
 from core.kafka import create_broker
-from core.outbox import OutboxRelay, _KeepAlive, _PassResult
+from core.outbox import OutboxRelay, _PassResult
 from core.publisher import EventPublisher
 from core.settings import DatabaseSettings, KafkaSettings
 
@@ -40,8 +40,8 @@ class ReportingRelay(OutboxRelay):
         self._pause_s = pause_s
         self._send_delay_s = send_delay_s
 
-    async def _publish(self, rows: Sequence[Row[Any]], keep: _KeepAlive) -> _PassResult:
-        result = await super()._publish(rows, keep)
+    async def _publish(self, rows: Sequence[Row[Any]]) -> _PassResult:
+        result = await super()._publish(rows)
         say(f"acked {len(result.acked)}")
         await asyncio.sleep(self._pause_s)
         return result

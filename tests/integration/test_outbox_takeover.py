@@ -7,15 +7,22 @@ send and stands down without publishing again.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from core.kafka import create_broker
+from core.outbox import OutboxRelay
+from core.publisher import EventPublisher
 from core.settings import Settings
 from tests.integration.outbox_support import (
+    PRODUCER,
     NewTopic,
     RelayProcess,
     SessionFactory,
@@ -94,3 +101,49 @@ async def test_a_hung_leader_is_replaced_within_its_lock_timeout_and_never_publi
     # Only the stopped pass's rows can be on Kafka twice (sent, never marked, sent again).
     assert len(records) - len(counts) <= sent_before_stop - 100
     assert first_seen_per_key(records) == written_per_key(rows)
+
+
+class _SlowAcks(EventPublisher):
+    """Kafka acknowledges every record ``delay_s`` late (a slow broker)."""
+
+    def __init__(self, publisher: EventPublisher, delay_s: float) -> None:
+        super().__init__(publisher.broker, publisher.producer)
+        self._delay_s = delay_s
+
+    async def enqueue(
+        self,
+        topic: str,
+        *,
+        key: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        correlation_id: str | None = None,
+    ) -> asyncio.Future[Any]:
+        acked = await super().enqueue(
+            topic, key=key, body=body, headers=headers, correlation_id=correlation_id
+        )
+        late: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self._delay_s, lambda: late.set_result(acked.result()))
+        return late
+
+
+async def test_a_pass_waiting_on_slow_acks_longer_than_its_idle_limit_still_marks_its_rows(
+    kafka: Settings, session_factory: SessionFactory, new_topic: NewTopic
+) -> None:
+    # A 4 s lock timeout lets a pass's transaction idle for 2 s; the acks take 3 s. Only a running
+    # relay is pinged: a hung one would have lost its rows' locks by then.
+    topic = await new_topic(partitions=1)
+    written = await write(session_factory, topic, [activity(1, i) for i in range(20)], per_transaction=20)
+    broker = create_broker(kafka.kafka)
+    await broker.connect()
+    try:
+        publisher = _SlowAcks(EventPublisher(broker, PRODUCER), delay_s=3.0)
+        relay = OutboxRelay(
+            session_factory, publisher, topics={topic}, lock_key=new_lock_key(), lock_session_timeout_s=4.0
+        )
+        assert await relay.relay_once() == 20
+    finally:
+        await broker.stop()
+    assert all(published_at is not None for _, _, published_at in await rows_of(session_factory, topic))
+    records = await read_topic(kafka, topic, partitions=1)
+    assert [r.event_id for r in records] == [e.event_id for e in written]
