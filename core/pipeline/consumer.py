@@ -26,12 +26,14 @@ from contracts.schema import DocumentedAs, record_type, topic_record_type
 from contracts.topics import TOPICS, TopicSpec
 from core import metrics
 from core.pipeline.handlers import HandlerSpec
-from core.pipeline.records import Record
+from core.pipeline.records import Record, header_text
+from core.pipeline.routing import longest_wait_s
 from core.pipeline.runner import HandlerRunner, PipelineDeps
 
 logger = logging.getLogger("dianabot.pipeline")
 
 MAX_BACKOFF_S = 30.0
+POLL_MARGIN_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -41,23 +43,31 @@ class TopicDeclaration:
     retention_ms: int
 
 
-def _utf8_or_hex(value: bytes) -> bytes:
+def _text_headers(record: Record) -> Record:
+    return dataclasses.replace(
+        record, headers=[(k, header_text(v).encode()) for k, v in record.headers or ()]
+    )
+
+
+def _clean(value: bytes | None) -> bool:
+    if value is None:
+        return False
     try:
-        value.decode()
+        bytes(value).decode()
     except UnicodeDecodeError:
-        return value.hex().encode()
-    return value
+        return False
+    return True
 
 
-async def tolerant_parser(records: tuple[Record, ...], original: Callable[[Any], Awaitable[Any]]) -> Any:
-    """FastStream's parser decodes every header as UTF-8; a poison header must not stop the consumer."""
-    try:
+async def total_parser(records: tuple[Record, ...], original: Callable[[Any], Awaitable[Any]]) -> Any:
+    """FastStream's batch parser decodes every header value as UTF-8: a null or binary value
+    (both legal in Kafka) would raise inside FastStream, which swallows the batch. It only ever
+    sees text headers here; the pipeline reads the records exactly as they arrived."""
+    if all(_clean(v) for r in records for _, v in r.headers or ()):
         return await original(records)
-    except UnicodeDecodeError:
-        cleaned = tuple(
-            dataclasses.replace(r, headers=[(k, _utf8_or_hex(v)) for k, v in r.headers]) for r in records
-        )
-        return await original(cleaned)
+    message = await original(tuple(_text_headers(r) for r in records))
+    message.raw_message = records
+    return message
 
 
 async def raw_bodies(message: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -76,7 +86,7 @@ class BatchConsumer:
         records: tuple[Record, ...] = message.raw_message
         try:
             await self.runner.process(records)
-        except Exception as error:
+        except Exception as error:  # whatever failed, the batch is re-read: never skipped
             self._backoff_s = min(MAX_BACKOFF_S, max(0.5, self._backoff_s * 2))
             metrics.CONSUMER_STALLS.labels(self.runner.group).inc()
             logger.error(
@@ -94,6 +104,18 @@ class BatchConsumer:
         await message.ack()
 
 
+def max_poll_interval_ms(spec: HandlerSpec[Any], stage: int) -> int:
+    """How long one batch may keep its consumer from polling before Kafka gives its partitions away.
+
+    The worst batch: a retry stage first sleeps until its last record is due, then the fast path
+    and the one-by-one fallback each run every event up to its time limit; plus a margin for the
+    ledger, dead letters and commits. A shorter interval would rebalance a healthy slow batch.
+    """
+    waiting_s = longest_wait_s(spec.retry_delays_s, stage, spec.retry_jitter) if stage else 0.0
+    working_s = 2 * spec.batch_size * spec.timeout_s
+    return int((waiting_s + working_s + POLL_MARGIN_S) * 1000)
+
+
 def subscribe_handler(
     router: KafkaRouter, spec: HandlerSpec[Any], deps: PipelineDeps, **consumer_options: Any
 ) -> list[TopicDeclaration]:
@@ -101,14 +123,11 @@ def subscribe_handler(
     declarations: list[TopicDeclaration] = []
     for topic in spec.topics:
         group = spec.group_for(topic)
-        stages = [(0, topic.name, group, 5 * 60 * 1000)]
-        for attempt, delay in enumerate(spec.retry_delays_s, start=1):
+        stages = [(0, topic.name, group, max_poll_interval_ms(spec, 0))]
+        for attempt in range(1, len(spec.retry_delays_s) + 1):
             retry_topic = spec.retry_topic(group, attempt)
             declarations.append(TopicDeclaration(retry_topic, topic.partitions, topic.retention_ms))
-            # A retry consumer sleeps until the head record is due: the poll interval must outlast it.
-            stages.append(
-                (attempt, retry_topic, retry_topic, int((delay * (1 + spec.retry_jitter) + 300) * 1000))
-            )
+            stages.append((attempt, retry_topic, retry_topic, max_poll_interval_ms(spec, attempt)))
         for stage, topic_name, group_id, poll_interval_ms in stages:
             consumer = BatchConsumer(HandlerRunner(spec, group, deps, stage=stage))
             # FastStream sleeps batch_timeout_ms again after an empty poll: short on the source topic
@@ -145,7 +164,7 @@ def _register(
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         max_poll_interval_ms=poll_ms,
-        parser=tolerant_parser,
+        parser=total_parser,
         decoder=raw_bodies,
         title=f"{topic}:{group}",
         description=f"Consumer group {group}: {spec.name} handles {event_types}. Batches of up to "

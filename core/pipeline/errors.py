@@ -13,7 +13,13 @@ from pydantic import ValidationError
 
 
 class TransientError(Exception):
-    """Worth retrying later: a timeout, a rate limit, a dependency that is briefly down."""
+    """Worth retrying later: a timeout, a rate limit, a dependency that is briefly down.
+
+    A subclass that knows how long to wait (a 429's retry_after) sets ``retry_after_s``: the
+    pipeline's retry comes no earlier than that.
+    """
+
+    retry_after_s: float = 0.0
 
 
 class PermanentError(Exception):
@@ -45,6 +51,12 @@ def classify(error: BaseException) -> FailureKind:
     if isinstance(error, _PERMANENT_TYPES):
         return FailureKind.PERMANENT
     return FailureKind.TRANSIENT
+
+
+def retry_after_s(error: BaseException) -> float:
+    """How long the failure asked to wait at least before a retry (0 when it did not say)."""
+    value = getattr(error, "retry_after_s", 0.0) if isinstance(error, TransientError) else 0.0
+    return float(value) if isinstance(value, int | float) and value > 0 else 0.0
 
 
 def describe(error: BaseException, limit: int = 500) -> str:

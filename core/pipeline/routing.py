@@ -11,6 +11,13 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
+from aiokafka.errors import (
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from faststream.kafka import KafkaBroker
 
 from contracts.topics import DEAD_LETTERS
@@ -22,8 +29,9 @@ from core.pipeline.records import (
     H_ORIGINAL_OFFSET,
     H_ORIGINAL_PARTITION,
     H_ORIGINAL_TOPIC,
+    Origin,
     Record,
-    header,
+    headers_text,
 )
 
 H_DLQ_REASON = "x-dlq-reason"
@@ -33,7 +41,25 @@ H_DLQ_ERROR_TYPE = "x-dlq-error-type"
 H_DLQ_ERROR_MESSAGE = "x-dlq-error-message"
 H_DLQ_FAILED_AT = "x-dlq-failed-at"
 
-_PIPELINE_HEADERS = frozenset({H_ATTEMPT, H_DUE_AT, H_LAST_ERROR})
+# Set by the pipeline alone: a copy from the record (forged on a source topic, or stale from an
+# earlier stage) never travels on.
+_PIPELINE_HEADERS = frozenset(
+    {H_ATTEMPT, H_DUE_AT, H_LAST_ERROR, H_ORIGINAL_TOPIC, H_ORIGINAL_PARTITION, H_ORIGINAL_OFFSET}
+)
+
+
+# Kafka refuses these records whenever they are sent: retrying the publish cannot help.
+NEVER_PUBLISHABLE: tuple[type[Exception], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+)
+
+# The longest retry-after (e.g. a Telegram flood wait) the retry ladder honours; a longer one
+# dead-letters the event with its reason, for an operator to replay.
+MAX_RETRY_AFTER_S = 3600.0
 
 
 def retry_delay(delays_s: tuple[float, ...], attempt: int, jitter: float) -> float:
@@ -45,20 +71,42 @@ def retry_delay(delays_s: tuple[float, ...], attempt: int, jitter: float) -> flo
     return base * (1 + random.random() * jitter)
 
 
+def retry_plan(
+    delays_s: tuple[float, ...], attempt: int, jitter: float, at_least_s: float = 0.0
+) -> tuple[int, float] | None:
+    """The retry stage and wait for retry `attempt` (1-based), or None when retries are exhausted.
+
+    A failure that says how long to wait (``at_least_s``, a 429's retry_after) skips ahead to the
+    first stage whose delay covers it, so records in each retry topic stay due in arrival order;
+    only when no stage is long enough does the last stage wait longer than its delay.
+    """
+    if attempt > len(delays_s) or at_least_s > MAX_RETRY_AFTER_S:
+        return None
+    stage = next(
+        (n for n in range(attempt, len(delays_s) + 1) if delays_s[n - 1] >= at_least_s), len(delays_s)
+    )
+    return stage, max(retry_delay(delays_s, stage, jitter), at_least_s)
+
+
+def longest_wait_s(delays_s: tuple[float, ...], stage: int, jitter: float) -> float:
+    """The latest a genuine record of retry `stage` can be due, counted from when it is read."""
+    longest = delays_s[stage - 1] * (1 + jitter)
+    return max(longest, MAX_RETRY_AFTER_S) if stage == len(delays_s) else longest
+
+
 def _original_headers(record: Record) -> dict[str, str]:
     return {
-        key: value.decode("utf-8", errors="replace")
-        for key, value in record.headers
-        if key not in _PIPELINE_HEADERS
+        key: value
+        for key, value in headers_text(record).items()
+        if key not in _PIPELINE_HEADERS and not key.startswith("x-dlq-")
     }
 
 
-def _origin(record: Record) -> dict[str, str]:
-    """Where the record first entered: kept across retries so a dead letter names its source."""
+def _origin_headers(origin: Origin) -> dict[str, str]:
     return {
-        H_ORIGINAL_TOPIC: header(record, H_ORIGINAL_TOPIC) or record.topic,
-        H_ORIGINAL_PARTITION: header(record, H_ORIGINAL_PARTITION) or str(record.partition),
-        H_ORIGINAL_OFFSET: header(record, H_ORIGINAL_OFFSET) or str(record.offset),
+        H_ORIGINAL_TOPIC: origin.topic,
+        H_ORIGINAL_PARTITION: str(origin.partition),
+        H_ORIGINAL_OFFSET: str(origin.offset),
     }
 
 
@@ -70,11 +118,18 @@ class FailureRouter:
         self._dead_letter_topic = dead_letter_topic
 
     async def to_retry(
-        self, record: Record, *, topic: str, attempt: int, due_at: datetime, error: BaseException
+        self,
+        record: Record,
+        *,
+        origin: Origin,
+        topic: str,
+        attempt: int,
+        due_at: datetime,
+        error: BaseException,
     ) -> None:
         headers = {
             **_original_headers(record),
-            **_origin(record),
+            **_origin_headers(origin),
             H_ATTEMPT: str(attempt),
             H_DUE_AT: str(int(due_at.timestamp() * 1000)),
             H_LAST_ERROR: f"{type(error).__name__}: {describe(error, 200)}",
@@ -85,6 +140,7 @@ class FailureRouter:
         self,
         record: Record,
         *,
+        origin: Origin,
         handler: str,
         reason: str,
         attempts: int,
@@ -93,7 +149,7 @@ class FailureRouter:
     ) -> None:
         headers = {
             **_original_headers(record),
-            **_origin(record),
+            **_origin_headers(origin),
             H_DLQ_REASON: reason,
             H_DLQ_HANDLER: handler,
             H_DLQ_ATTEMPTS: str(attempts),

@@ -1,7 +1,7 @@
 """Processing a batch of records for one handler: the heart of the pipeline.
 
 For a batch (records grouped by partition, each partition in offset order):
-1. decode; malformed records go to the dead-letter topic with the reason;
+1. decode (never raises: see ``records``); malformed records are dead-lettered once with the reason;
 2. events of other types on the topic are ignored;
 3. fast path: one transaction claims the ledger rows of the whole batch, runs the handler for
    each new event and commits once, as a hand-written batch loop would. Duplicates are skipped;
@@ -19,8 +19,9 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -37,10 +38,11 @@ from core.clock import Clock
 from core.logs import bind_log_context
 from core.outbox import add_to_outbox
 from core.pipeline import ledger
-from core.pipeline.errors import FailureKind, InfrastructureError, classify, describe
+from core.pipeline.dead_letters import DeadLetters
+from core.pipeline.errors import FailureKind, InfrastructureError, classify, describe, retry_after_s
 from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerSpec
-from core.pipeline.records import DecodedEvent, Malformed, Record, decode
-from core.pipeline.routing import FailureRouter, due_after, retry_delay
+from core.pipeline.records import DecodedEvent, Malformed, Origin, Record, decode, headers_text
+from core.pipeline.routing import NEVER_PUBLISHABLE, FailureRouter, due_after, longest_wait_s, retry_plan
 from core.uow import UnitOfWork
 
 logger = logging.getLogger("dianabot.pipeline")
@@ -49,7 +51,10 @@ tracer = trace.get_tracer("dianabot.pipeline")
 
 def _trace_parent(record: Record) -> Context:
     """The producer's trace context, carried in the record's headers by the telemetry middleware."""
-    return propagate.extract({k: bytes(v).decode("utf-8", "replace") for k, v in record.headers})
+    try:
+        return propagate.extract(headers_text(record))
+    except Exception:  # a forged traceparent costs the link, never the event
+        return Context()
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class HandlerRunner:
         self.group = group
         self.deps = deps
         self.stage = stage
+        self._dead_letters = DeadLetters(deps.session_factory, deps.router)
 
     async def process(self, records: Sequence[Record]) -> BatchReport:
         started = time.perf_counter()
@@ -92,11 +98,18 @@ class HandlerRunner:
         if self.stage > 0:
             # Retry stage: records wait for their due time, each partition on its own so one
             # partition's wait never holds up another's due records.
+            # A task group: when one partition fails (an outage), the others are cancelled before
+            # the batch is rewound, so none of them races the re-read.
             by_partition: dict[tuple[str, int], list[DecodedEvent]] = defaultdict(list)
             for event in events:
                 by_partition[(event.record.topic, event.record.partition)].append(event)
-            for partial in await asyncio.gather(*(self._handle_when_due(es) for es in by_partition.values())):
-                report.add(partial)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    waits = [tasks.create_task(self._handle_when_due(es)) for es in by_partition.values()]
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
+            for wait in waits:
+                report.add(wait.result())
         elif len(events) > 1 and await self._handle_together(events, report):
             pass
         else:
@@ -110,10 +123,10 @@ class HandlerRunner:
     async def _decode(self, records: Sequence[Record], report: BatchReport) -> list[DecodedEvent]:
         events: list[DecodedEvent] = []
         for record in records:
-            item = decode(record)
+            item = decode(record, stage=self.stage)
             if isinstance(item, Malformed):
-                await self._dead_letter(record, reason=item.reason, attempts=0)
-                report.dead_lettered += 1
+                if await self._dead_letter(record, item.origin, reason=item.reason, attempts=self.stage):
+                    report.dead_lettered += 1
             elif item.envelope.event_type in self.spec.event_types:
                 events.append(item)
             else:
@@ -124,9 +137,17 @@ class HandlerRunner:
         report = BatchReport()
         for event in events:
             if event.due_at is not None:
-                await self.deps.clock.sleep_until(event.due_at)
+                await self.deps.clock.sleep_until(min(event.due_at, self._latest_due()))
             report.add(await self._handle_alone(event))
         return report
+
+    def _latest_due(self) -> datetime:
+        """No retry of this stage is due later than this, so a forged or skewed due time cannot
+        hold the lane longer than the stage's own delay (see ``routing.retry_plan``)."""
+        return due_after(
+            self.deps.clock.now(),
+            longest_wait_s(self.spec.retry_delays_s, self.stage, self.spec.retry_jitter),
+        )
 
     async def _handle_together(self, events: list[DecodedEvent], report: BatchReport) -> bool:
         """The fast path; False (with nothing committed) if any event failed."""
@@ -273,60 +294,75 @@ class HandlerRunner:
         kind = classify(error)
         attempt = event.attempt + 1
         metrics.FAILURES.labels(self.spec.name, type(error).__name__).inc()
+        plan = None
+        if kind is FailureKind.TRANSIENT:
+            plan = retry_plan(self.spec.retry_delays_s, attempt, self.spec.retry_jitter, retry_after_s(error))
         with bind_log_context(event_id=str(event.envelope.event_id), handler=self.spec.name):
-            if kind is FailureKind.TRANSIENT and attempt <= len(self.spec.retry_delays_s):
-                delay = retry_delay(self.spec.retry_delays_s, attempt, self.spec.retry_jitter)
-                due = due_after(self.deps.clock.now(), delay)
+            if plan is not None:
+                stage, delay = plan
                 logger.warning(
                     "handler failed (%s: %s); retry %d in %.1fs",
                     type(error).__name__,
                     describe(error, 200),
-                    attempt,
+                    stage,
                     delay,
                 )
-                await self._publish(
-                    self.deps.router.to_retry(
-                        event.record,
-                        topic=self.spec.retry_topic(self.group, attempt),
-                        attempt=attempt,
-                        due_at=due,
-                        error=error,
-                    )
+                retry = self.deps.router.to_retry(
+                    event.record,
+                    origin=event.origin,
+                    topic=self.spec.retry_topic(self.group, stage),
+                    attempt=stage,
+                    due_at=due_after(self.deps.clock.now(), delay),
+                    error=error,
                 )
-                report.retried += 1
-                return
-            reason = f"{kind.value}: {type(error).__name__}" + (
-                " (retries exhausted)" if kind is FailureKind.TRANSIENT else ""
-            )
+                if (unpublishable := await self._publish(retry)) is None:
+                    report.retried += 1
+                    return
+                reason = f"transient: {type(error).__name__} (retry cannot be published: {unpublishable})"
+            else:
+                reason = f"{kind.value}: {type(error).__name__}" + (
+                    " (retries exhausted)" if kind is FailureKind.TRANSIENT else ""
+                )
             logger.error("handler failed (%s: %s); dead-lettered", type(error).__name__, describe(error, 200))
-            await self._dead_letter(event.record, reason=reason, attempts=attempt, error=error)
-            report.dead_lettered += 1
+            if await self._dead_letter(
+                event.record, event.origin, reason=reason, attempts=attempt, error=error
+            ):
+                report.dead_lettered += 1
 
     async def _dead_letter(
-        self, record: Record, *, reason: str, attempts: int, error: BaseException | None = None
-    ) -> None:
+        self,
+        record: Record,
+        origin: Origin,
+        *,
+        reason: str,
+        attempts: int,
+        error: BaseException | None = None,
+    ) -> bool:
         if error is None:
             logger.error(
                 "dead-lettered: %s", reason, extra={"handler": self.spec.name, "offset": record.offset}
             )
-        await self._publish(
-            self.deps.router.to_dead_letters(
-                record,
-                handler=self.spec.name,
-                reason=reason,
-                attempts=attempts,
-                failed_at=self.deps.clock.now(),
-                error=error,
-            )
+        return await self._dead_letters.send(
+            record,
+            origin=origin,
+            handler=self.spec.name,
+            reason=reason,
+            attempts=attempts,
+            failed_at=self.deps.clock.now(),
+            error=error,
         )
 
     @staticmethod
-    async def _publish(publishing: Any) -> None:
+    async def _publish(publishing: Awaitable[None]) -> str | None:
+        """None once Kafka acknowledged; the reason when Kafka will never take this record."""
         try:
             await publishing
+        except NEVER_PUBLISHABLE as error:
+            return f"{type(error).__name__}: {describe(error, 200)}"
         except Exception as error:
             # Not committing the source offset is what keeps the event: the batch is re-read.
             raise InfrastructureError(f"could not publish to Kafka: {type(error).__name__}") from error
+        return None
 
     async def _raise_if_database_down(self, error: BaseException) -> None:
         """Tell an outage of the database apart from a failure of this one event."""
@@ -342,3 +378,9 @@ class HandlerRunner:
         for outcome, count in vars(report).items():
             if count:
                 metrics.EVENTS.labels(self.spec.name, outcome).inc(count)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report for a failed task group: an outage first, else the first failure."""
+    errors = list(group.exceptions)
+    return next((e for e in errors if isinstance(e, InfrastructureError)), errors[0])

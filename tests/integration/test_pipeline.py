@@ -155,7 +155,7 @@ async def test_poison_messages_are_dead_lettered_with_reasons_and_do_not_stall(
     reasons = sorted(letter["x-dlq-reason"] for letter in letters)
     assert reasons == sorted(
         [
-            "malformed: body is not JSON",
+            "malformed: body is not UTF-8 text",
             "malformed: body is not a JSON object",
             "malformed: envelope schema violation: event_id: Field required",
             "malformed: unknown event type 'user.teleported'",

@@ -1,0 +1,130 @@
+"""Dead letters, once: a record reaches the dead letters at most once per handler, whatever rewinds.
+
+Each dead letter is claimed in PostgreSQL by (handler, origin topic, partition, offset) before it
+is published, and marked once Kafka acknowledged it. A rewound batch finds the mark and skips the
+record; a claim left unmarked by a crash is published again (the dead-letter topic may then hold
+a second copy with the same handler and origin headers, which the operator tools count once).
+
+The dead-letter topic is never the reason a lane stops: a dead letter Kafka will not take (too
+large, a topic problem) keeps its bytes in the claim row instead (`publish_error` set), is counted
+and logged, and monitoring raises an alert; the lane moves on. Only PostgreSQL being unreachable
+stops the lane (InfrastructureError: the batch is rewound and retried).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core import metrics
+from core.pipeline.errors import InfrastructureError, describe
+from core.pipeline.records import Origin, Record, headers_text
+from core.pipeline.routing import FailureRouter
+
+logger = logging.getLogger("dianabot.pipeline")
+
+_CLAIM = text(
+    """
+    INSERT INTO dead_letter_records (handler, topic, partition, "offset", reason, attempts, failed_at)
+    VALUES (:handler, :topic, :partition, :offset, :reason, :attempts, :failed_at)
+    ON CONFLICT (handler, topic, partition, "offset") DO UPDATE SET handler = EXCLUDED.handler
+    RETURNING published_at IS NOT NULL OR publish_error IS NOT NULL AS settled
+    """
+)
+_MARK_PUBLISHED = text(
+    """
+    UPDATE dead_letter_records SET published_at = now()
+    WHERE handler = :handler AND topic = :topic AND partition = :partition AND "offset" = :offset
+    """
+)
+_STORE = text(
+    """
+    UPDATE dead_letter_records
+    SET publish_error = :publish_error, key = :key, value = :value, headers = CAST(:headers AS jsonb)
+    WHERE handler = :handler AND topic = :topic AND partition = :partition AND "offset" = :offset
+    """
+)
+
+
+def _pg_text(value: str) -> str:
+    # PostgreSQL text and jsonb cannot hold NUL; a hostile record may carry one anywhere.
+    return value.replace("\x00", "\ufffd")
+
+
+class DeadLetters:
+    """Publishes a handler's dead letters to the dead-letter topic, each (handler, origin) once."""
+
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], router: FailureRouter) -> None:
+        self._session_factory = session_factory
+        self._router = router
+
+    async def send(
+        self,
+        record: Record,
+        *,
+        origin: Origin,
+        handler: str,
+        reason: str,
+        attempts: int,
+        failed_at: datetime,
+        error: BaseException | None = None,
+    ) -> bool:
+        """Dead-letter `record` for `handler`; False when an earlier pass already did."""
+        key = {
+            "handler": handler,
+            "topic": origin.topic,
+            "partition": origin.partition,
+            "offset": origin.offset,
+        }
+        values = {"reason": _pg_text(reason), "attempts": attempts, "failed_at": failed_at}
+        if await self._execute(_CLAIM, {**key, **values}, answer=True):
+            return False
+        try:
+            await self._router.to_dead_letters(
+                record,
+                origin=origin,
+                handler=handler,
+                reason=reason,
+                attempts=attempts,
+                failed_at=failed_at,
+                error=error,
+            )
+        except Exception as publish_error:
+            await self._store(record, key, publish_error)
+            return True
+        await self._execute(_MARK_PUBLISHED, key)
+        return True
+
+    async def _store(self, record: Record, key: dict[str, object], publish_error: Exception) -> None:
+        why = f"{type(publish_error).__name__}: {describe(publish_error, 300)}"
+        headers = {_pg_text(k): _pg_text(v) for k, v in headers_text(record).items()}
+        await self._execute(
+            _STORE,
+            {
+                **key,
+                "publish_error": _pg_text(why),
+                "key": record.key,
+                "value": record.value,
+                "headers": json.dumps(headers),
+            },
+        )
+        metrics.DEAD_LETTERS_STORED.labels(str(key["handler"])).inc()
+        logger.error(
+            "dead letter kept in PostgreSQL (dead_letter_records): Kafka would not take it: %s",
+            why,
+            extra={"handler": key["handler"], "topic": key["topic"], "offset": key["offset"]},
+        )
+
+    async def _execute(
+        self, statement: TextClause, params: dict[str, object], *, answer: bool = False
+    ) -> bool:
+        try:
+            async with self._session_factory() as session, session.begin():
+                result = await session.execute(statement, params)
+                return bool(result.scalar()) if answer else False
+        except Exception as error:
+            raise InfrastructureError(f"database unreachable: {type(error).__name__}") from error

@@ -1,0 +1,198 @@
+"""Hostile records on the real broker: every valid event handled once, every bad record dead-lettered once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import EventEnvelope
+from contracts.events import UserActivity
+from core.clock import SystemClock
+from core.kafka import create_broker
+from core.pipeline.handlers import HandlerContext, HandlerGroup
+from core.pipeline.records import Record
+from core.pipeline.routing import FailureRouter
+from core.pipeline.runner import HandlerRunner, PipelineDeps
+from core.settings import Settings
+from tests.integration.pipeline_support import (
+    RawProducer,
+    effects_of,
+    ensure_effects_table,
+    record_effect,
+    running_consumers,
+    unique_topic,
+)
+
+
+@pytest.fixture(autouse=True)
+async def _effects(kafka: Settings, session_factory: async_sessionmaker[AsyncSession]) -> None:
+    await ensure_effects_table(session_factory)
+
+
+def _activity(user_id: int) -> EventEnvelope:
+    return EventEnvelope.wrap(UserActivity(user_id=user_id, at=datetime.now(UTC)), producer="test")
+
+
+def _counting_group() -> HandlerGroup:
+    topic = unique_topic(partitions=1)
+    group = HandlerGroup(f"t{uuid.uuid4().hex[:8]}")
+
+    @group.handler(UserActivity, action="count", topics=(topic,), batch_size=50)
+    async def count(event: UserActivity, ctx: HandlerContext) -> None:
+        await record_effect(ctx, group.specs[0].name, ctx.envelope.key, event.user_id)
+
+    return group
+
+
+async def _all_dead_letters(settings: Settings, handler: str, settle_s: float = 3.0) -> list[dict[str, str]]:
+    """Every record of `handler` on the dead-letter topic, read until nothing new came for `settle_s`."""
+    consumer = AIOKafkaConsumer(
+        "dianabot.dead_letters",
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    found: list[dict[str, str]] = []
+    try:
+        quiet_since = asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - quiet_since < settle_s:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                quiet_since = asyncio.get_running_loop().time()
+                for record in records:
+                    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
+                    if headers.get("x-dlq-handler") == handler:
+                        found.append(headers)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _wait_for_effects(
+    session_factory: async_sessionmaker[AsyncSession], handler: str, count: int, within_s: float = 60
+) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while len(await effects_of(session_factory, handler)) < count:
+        assert asyncio.get_running_loop().time() < deadline, (
+            "the lane stopped: not every valid event was handled"
+        )
+        await asyncio.sleep(0.2)
+
+
+async def test_the_three_records_that_stopped_a_lane_are_dead_lettered_once_and_the_lane_moves_on(
+    kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    group = _counting_group()
+    spec = group.specs[0]
+    topic = spec.topics[0].name
+    deep = b"[" * 200_000 + b"]" * 200_000
+    huge_number = (
+        json.dumps(_activity(0).model_dump(mode="json")).encode()[:-1] + b',"n":' + b"7" * 5000 + b"}"
+    )
+    async with RawProducer(kafka) as producer, running_consumers(kafka, [group]):
+        await producer.send_event(topic, _activity(1))
+        await producer.send_raw(topic, deep)
+        await producer.send_event(topic, _activity(2))
+        await producer.send_raw(topic, huge_number)
+        await producer.send_event(topic, _activity(3))
+        null_header = _activity(4)
+        await producer.send_raw(
+            topic,
+            null_header.to_body(),
+            key=b"user:4",
+            headers=[("event_id", None), ("trace", b"\xff")],  # type: ignore[list-item]
+        )
+        await producer.send_event(topic, _activity(5))
+        await _wait_for_effects(session_factory, spec.name, 5)
+
+    effects = await effects_of(session_factory, spec.name)
+    assert sorted(e.seq for e in effects) == [1, 2, 3, 4, 5]  # the null-header record is a valid event
+    letters = await _all_dead_letters(kafka, spec.name)
+    assert sorted(letter["x-dlq-reason"] for letter in letters) == [
+        "malformed: body holds an integer too long to decode (over 4,300 digits)",
+        "malformed: body is nested too deeply to decode",
+    ]
+
+
+def _record(topic: str, offset: int, value: bytes) -> Record:
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k",
+        value=value,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=len(value),
+        headers=[],
+    )
+
+
+async def test_a_batch_read_again_after_a_rewind_dead_letters_nothing_twice(
+    kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    group = _counting_group()
+    spec = group.specs[0]
+    topic = spec.topics[0].name
+    broker = create_broker(kafka.kafka)
+    await broker.connect()
+    try:
+        deps = PipelineDeps(
+            session_factory=session_factory, router=FailureRouter(broker), clock=SystemClock()
+        )
+        runner = HandlerRunner(spec, spec.name, deps)
+        batch = [
+            _record(topic, 0, b"not json"),
+            _record(topic, 1, _activity(9).to_body()),
+            _record(topic, 2, b"[]"),
+        ]
+        first = await runner.process(batch)
+        again = await runner.process(batch)  # what a rewind does: the same records, read again
+    finally:
+        await broker.stop()
+    assert (first.dead_lettered, first.handled) == (2, 1)
+    assert (again.dead_lettered, again.duplicates) == (0, 1)
+    letters = await _all_dead_letters(kafka, spec.name)
+    assert sorted(letter["x-original-offset"] for letter in letters) == ["0", "2"]
+
+
+async def test_a_dead_letter_kafka_will_not_take_is_kept_in_postgresql_and_the_lane_moves_on(
+    kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    group = _counting_group()
+    spec = group.specs[0]
+    topic = spec.topics[0].name
+    # Fits the source topic, but not once the dead-letter headers are added to it.
+    too_big = b"x" * (1_048_576 - 200)
+    async with RawProducer(kafka) as producer, running_consumers(kafka, [group]):
+        await producer.send_raw(topic, too_big, key=b"big")
+        await producer.send_event(topic, _activity(1))
+        await _wait_for_effects(session_factory, spec.name, 1)
+        async with session_factory() as session:
+            rows = (
+                await session.execute(
+                    text(
+                        "SELECT reason, publish_error, published_at, key, length(value) "
+                        "FROM dead_letter_records WHERE handler = :h"
+                    ),
+                    {"h": spec.name},
+                )
+            ).all()
+    assert len(rows) == 1
+    reason, publish_error, published_at, key, size = rows[0]
+    assert reason == "malformed: body is not JSON"
+    assert publish_error.startswith("MessageSizeTooLargeError")
+    assert (published_at, key, size) == (None, b"big", len(too_big))
+    assert await _all_dead_letters(kafka, spec.name, settle_s=1) == []
