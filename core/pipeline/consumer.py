@@ -25,6 +25,7 @@ from faststream.kafka.annotations import KafkaMessage
 from contracts.schema import DocumentedAs, record_type, topic_record_type
 from contracts.topics import TOPICS, TopicSpec
 from core import metrics
+from core.pipeline import lenient_records
 from core.pipeline.handlers import HandlerSpec
 from core.pipeline.records import Record, header_text
 from core.pipeline.routing import longest_wait_s
@@ -120,6 +121,7 @@ def subscribe_handler(
     router: KafkaRouter, spec: HandlerSpec[Any], deps: PipelineDeps, **consumer_options: Any
 ) -> list[TopicDeclaration]:
     """Register the consumers of one handler; return the retry topics it needs declared."""
+    lenient_records.install()
     declarations: list[TopicDeclaration] = []
     for topic in spec.topics:
         group = spec.group_for(topic)

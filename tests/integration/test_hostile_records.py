@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -196,3 +199,45 @@ async def test_a_dead_letter_kafka_will_not_take_is_kept_in_postgresql_and_the_l
     assert publish_error.startswith("MessageSizeTooLargeError")
     assert (published_at, key, size) == (None, b"big", len(too_big))
     assert await _all_dead_letters(kafka, spec.name, settle_s=1) == []
+
+
+# Writes one record whose header key is not UTF-8: aiokafka's pure-Python builder encodes keys by
+# calling str.encode, which this key overrides. The broker stores it as it is.
+_BAD_KEY_PRODUCER = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer
+
+class BadKey(str):
+    def encode(self, *args, **kwargs):
+        return b"\\xff\\xfe-key"
+
+async def main(servers, topic, value):
+    producer = AIOKafkaProducer(bootstrap_servers=servers, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value.encode(), key=b"user:3", headers=[(BadKey("k"), b"v")])
+    finally:
+        await producer.stop()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_header_key_that_is_not_utf8_does_not_stop_the_partition(
+    kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    group = _counting_group()
+    spec = group.specs[0]
+    topic = spec.topics[0].name
+    env = {**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"}
+    async with RawProducer(kafka) as producer, running_consumers(kafka, [group]):
+        await producer.send_event(topic, _activity(1))
+        args = [sys.executable, "-c", _BAD_KEY_PRODUCER, kafka.kafka.bootstrap_servers, topic]
+        await asyncio.to_thread(subprocess.run, [*args, _activity(2).to_body().decode()], env=env, check=True)
+        await asyncio.to_thread(subprocess.run, [*args, "not json"], env=env, check=True)
+        await producer.send_event(topic, _activity(3))
+        await _wait_for_effects(session_factory, spec.name, 3)
+
+    assert sorted(e.seq for e in await effects_of(session_factory, spec.name)) == [1, 2, 3]
+    letters = await _all_dead_letters(kafka, spec.name)
+    assert [letter["x-dlq-reason"] for letter in letters] == ["malformed: body is not JSON"]

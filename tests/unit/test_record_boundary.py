@@ -279,3 +279,48 @@ async def test_when_one_partition_fails_the_others_are_cancelled_before_the_batc
         await runner.process([waiting, failing])
     await asyncio.sleep(0.5)
     assert handled == []  # the waiting partition was cancelled, not left to race the re-read
+
+
+# --- header keys that are not UTF-8 (aiokafka itself would raise on every poll) -------------------
+
+
+class _BadKey(str):
+    """A header key the pure-Python batch builder writes as bytes that are not UTF-8."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe-key"
+
+
+def _batch_with_bad_header_key(compression_type: int) -> bytes:
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    builder = _DefaultRecordBatchBuilderPy(
+        magic=2,
+        compression_type=compression_type,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    builder.append(0, timestamp=None, key=b"k", value=b"before", headers=[])
+    builder.append(1, timestamp=None, key=b"k", value=b"bad", headers=[(_BadKey("x"), b"v")])
+    builder.append(2, timestamp=None, key=b"k", value=b"after", headers=[("ok", None)])
+    return bytes(builder.build())
+
+
+@pytest.mark.parametrize("compression_type", [0, 1])  # none, gzip
+def test_a_batch_with_a_header_key_that_is_not_utf8_is_read_whole(compression_type: int) -> None:
+    from aiokafka.record.memory_records import MemoryRecords
+
+    from core.pipeline.lenient_records import LenientMemoryRecords
+
+    data = _batch_with_bad_header_key(compression_type)
+    with pytest.raises(UnicodeDecodeError):  # aiokafka's own reader
+        list(MemoryRecords(data).next_batch())
+    records = list(LenientMemoryRecords(data).next_batch())
+    assert [(r.offset, r.value, r.headers) for r in records] == [
+        (0, b"before", []),
+        (1, b"bad", [("\ufffd\ufffd-key", b"v")]),
+        (2, b"after", [("ok", None)]),
+    ]
