@@ -8,10 +8,11 @@ small and visible instead. Per send key:
    or timed out mid-call) → only if the notification's ``resend_if_unknown`` says so; a younger
    ``pending`` is another attempt still in flight → retry later.
 2. ``start_attempt`` — insert or compare-and-set to ``pending`` right before the call (one winner
-   per key): the intent, committed.
+   per key): the intent, committed. It returns the attempt's number (``attempts``).
 3. ``finish`` — ``sent`` with the message id, ``retry`` (not delivered: 429, 5xx, refused
    connection), ``unknown`` (cut off mid-call), ``blocked`` (and ``users.bot_blocked_at`` set in the
-   same statement) or ``failed`` with the error.
+   same statement) or ``failed`` with the error. It is fenced on the attempt's number: a late
+   outcome of an attempt whose lease ran out, after a newer attempt started, changes nothing.
 
 Each step is one statement on the sender's own autocommit connections, never the handler's unit of
 work: that transaction may still roll back (the batch falls back to one-by-one handling, a later
@@ -62,24 +63,33 @@ _START = text(
     SET status = 'pending', chat_id = EXCLUDED.chat_id, attempts = s.attempts + 1,
         attempted_at = EXCLUDED.attempted_at, finished_at = NULL
     WHERE s.status = ANY(CAST(:allowed AS varchar[]))
-    RETURNING (
+    RETURNING s.attempts, (
         SELECT coalesce(max(extract(epoch FROM paused_until - clock_timestamp())), 0)::float8
         FROM telegram_rate_limits WHERE scope = ANY(CAST(:pause_scopes AS varchar[]))
     )
     """
 )
+# Fenced on the attempt: only the attempt that set `pending` may record its outcome. The status
+# is not part of the fence, so an attempt that outlived its lease (now `unknown`) may still say
+# what became of it.
 _FINISH = """
     UPDATE telegram_sends
     SET status = :status, telegram_message_id = coalesce(:message_id, telegram_message_id),
         error = :error, finished_at = clock_timestamp()
-    WHERE send_key = :key
+    WHERE send_key = :key AND attempts = :attempt
+    RETURNING 1
 """
+_FINISH_PLAIN = text(_FINISH)
+# A 403 marks the user whichever attempt learnt it: it is a fact about the user, not the send.
 _FINISH_BLOCKED = text(
     f"""
-    WITH outcome AS ({_FINISH})
-    UPDATE users SET bot_blocked_at = now()
-    WHERE telegram_id = :chat_id AND bot_blocked_at IS NULL
-    RETURNING id
+    WITH outcome AS ({_FINISH}),
+    blocked AS (
+        UPDATE users SET bot_blocked_at = now()
+        WHERE telegram_id = :chat_id AND bot_blocked_at IS NULL
+        RETURNING id
+    )
+    SELECT (SELECT count(*) FROM outcome), (SELECT count(*) FROM blocked)
     """
 )
 _GIVE_UP = text(
@@ -129,6 +139,15 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One attempt of a send, as ``start_attempt`` recorded it: its outcome is recorded against it."""
+
+    key: str
+    number: int
+    paused_s: float = 0.0  # seconds left of a 429 pause covering the send: above zero, do not call
+
+
+@dataclass(frozen=True)
 class SendIntent:
     key: str
     chat_id: int
@@ -173,35 +192,46 @@ class SendLedger:
 
     async def start_attempt(
         self, intent: SendIntent, *, resend_if_unknown: bool, pause_scopes: Sequence[str]
-    ) -> float | None:
+    ) -> Attempt | None:
         """Record the intent right before the call (one commit); None if another attempt got there first.
 
-        In the same statement it reads the 429 pauses covering the send (`pause_scopes`) and
-        returns the seconds left of the longest: above zero, the caller must not call now.
+        In the same statement it reads the 429 pauses covering the send (`pause_scopes`): the
+        attempt's ``paused_s`` is the seconds left of the longest.
         """
         allowed = [s.value for s in _ATTEMPTABLE] + ([SendStatus.UNKNOWN.value] if resend_if_unknown else [])
         params = {**intent.params(), "allowed": allowed, "pause_scopes": list(pause_scopes)}
         async with self._engine.connect() as connection:
-            paused = (await connection.execute(_START, params)).scalar_one_or_none()
-        return None if paused is None else max(0.0, float(paused))
+            row = (await connection.execute(_START, params)).one_or_none()
+        return None if row is None else Attempt(intent.key, int(row[0]), max(0.0, float(row[1])))
 
     async def finish(
         self,
-        key: str,
+        attempt: Attempt,
         status: SendStatus,
         *,
         message_id: int | None = None,
         error: str | None = None,
         blocked_chat_id: int | None = None,
-    ) -> None:
-        """Record the outcome of the attempt under way; a 403 also marks the user (same statement)."""
-        params = {"key": key, "status": status.value, "message_id": message_id, "error": error}
+    ) -> bool:
+        """Record the outcome of `attempt`; a 403 also marks the user (same statement).
+
+        False when a newer attempt of the send has started since: its outcome is that attempt's to record.
+        """
+        params = {
+            "key": attempt.key,
+            "attempt": attempt.number,
+            "status": status.value,
+            "message_id": message_id,
+            "error": error,
+        }
         async with self._engine.connect() as connection:
             if blocked_chat_id is None:
-                await connection.execute(text(_FINISH), params)
-                return
-            newly = await connection.execute(_FINISH_BLOCKED, {**params, "chat_id": blocked_chat_id})
-            metrics.BLOCKED_USERS.inc(len(newly.all()))
+                return (await connection.execute(_FINISH_PLAIN, params)).first() is not None
+            recorded, newly = (
+                await connection.execute(_FINISH_BLOCKED, {**params, "chat_id": blocked_chat_id})
+            ).one()
+        metrics.BLOCKED_USERS.inc(newly)
+        return bool(recorded)
 
     async def give_up(self, intent: SendIntent, error: str) -> None:
         """Record a send that fails before any call (unknown user, unrenderable template) as failed."""

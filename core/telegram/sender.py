@@ -5,12 +5,14 @@ A send (``send``) is, per part of the message:
 1. ledger ``prepare`` — skip what is recorded as sent or blocked; apply the unknown-outcome policy;
 2. a slot from the shared limits (``RateGate``): cluster-wide rate, per-chat interval, priority;
 3. ledger ``start_attempt`` (intent, committed), the Bot API call, ledger ``finish`` (outcome, committed);
+   both ledger steps run to their end even when the send is cancelled meanwhile (a handler's time
+   limit, shutdown), so a message Telegram took is recorded as sent, and one never called as retry;
 4. on 429: pause the bot (private chat) or the chat (group/channel) for ``retry_after``, in every
    process, and try again within this call's budget, else hand back a ``TransientError``;
    on a migrated group: record the new id and send there; 403 from a user: mark them blocked.
 
-Member calls (ban, unban, invite links, join requests, reading a member) are idempotent on Telegram's
-side, so they skip the ledger; they take slots from their own, slower lane and honour 429 the same way.
+Member calls (ban, unban, invite links, join requests, reading a member) are in
+``core.telegram.members``: they skip the ledger and take slots from their own, slower lane.
 """
 
 from __future__ import annotations
@@ -18,30 +20,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.types import (
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    InputMediaDocument,
-    InputMediaPhoto,
-    InputMediaVideo,
-    Message,
-)
-from aiogram.types.media_union import MediaUnion
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from contracts.events import Button, Media, MessageContent, Priority
+from contracts.events import MessageContent, Priority
 from core.clock import Clock, SystemClock
 from core.settings import DatabaseSettings, Settings
 from core.telegram import metrics
+from core.telegram.calls import classified, deliver, timed
 from core.telegram.content import Part, plan_parts
 from core.telegram.errors import (
     Failure,
@@ -51,12 +44,10 @@ from core.telegram.errors import (
     TelegramPermanentError,
     TelegramRateLimited,
     TelegramTransientError,
-    classify_failure,
-    is_missing_join_request,
-    is_not_member,
 )
-from core.telegram.ledger import SendIntent, SendLedger, Verdict
+from core.telegram.ledger import Attempt, SendIntent, SendLedger, Verdict
 from core.telegram.limits import Lane, RateGate
+from core.telegram.members import MAX_MIGRATIONS, MemberCalls
 from core.telegram.models import SendStatus
 from core.telegram.settings import SenderSettings
 
@@ -66,7 +57,9 @@ SERVICE_KEY = "telegram"
 """The key of the sender in the pipeline's ``services`` mapping."""
 
 T = TypeVar("T")
-_MAX_MIGRATIONS = 2
+# How long a cancelled send still waits for its ledger step (one statement) to commit; past it the
+# row stays `pending` and reads as unknown after the lease, as after a crash.
+_LEDGER_STEP_WITHIN_S = 10.0
 
 
 class SendOutcome(StrEnum):
@@ -95,18 +88,6 @@ class SendResult:
     message_ids: tuple[int | None, ...] = ()
 
 
-@dataclass(frozen=True)
-class ChatMemberInfo:
-    status: str  # creator, administrator, member, restricted, left, kicked
-    until: datetime | None = None
-
-
-@dataclass(frozen=True)
-class InviteLink:
-    url: str
-    expires_at: datetime
-
-
 _SKIPPED = {
     SendStatus.SENT: SendOutcome.ALREADY_SENT,
     SendStatus.BLOCKED: SendOutcome.BLOCKED,
@@ -115,7 +96,7 @@ _SKIPPED = {
 }
 
 
-class TelegramSender:
+class TelegramSender(MemberCalls):
     """Build one per process with ``TelegramSender.create(settings)``; ``await close()`` at shutdown."""
 
     def __init__(
@@ -198,64 +179,119 @@ class TelegramSender:
         migrations = 0
         while True:
             slot_at = await self.gate.wait_for_slot(chat_id, request.priority, deadline=deadline)
-            paused = await self.ledger.start_attempt(
-                self._intent(request, part, key, chat_id),
-                resend_if_unknown=request.resend_if_unknown,
-                pause_scopes=self.gate.pause_scopes(chat_id),
-            )
-            if paused is None:
+            attempt = await self._start_attempt(self._intent(request, part, key, chat_id), request)
+            if attempt is None:
                 raise SendInFlight(f"another attempt of send {key} started first")
-            if max(paused, self.gate.local_pause_left(chat_id)) > 0 or self.gate.too_late(slot_at):
+            if max(attempt.paused_s, self.gate.local_pause_left(chat_id)) > 0 or self.gate.too_late(slot_at):
                 # A 429 arrived since the slot was reserved, or the slot has passed: nothing was
                 # called; take a new slot.
-                await self.ledger.finish(key, SendStatus.RETRY, error="slot lost before the call")
+                await self._finish(attempt, SendStatus.RETRY, error="slot lost before the call")
                 await self.gate.release_chat(chat_id)
                 continue
-            try:
-                message_id = await self._call_recorded(key, part, chat_id)
-            except _Failed as failed:
-                failure = failed.failure
-                if failure.kind is FailureKind.MIGRATED and migrations < _MAX_MIGRATIONS:
-                    migrations += 1
-                    chat_id = await self._follow_migration(key, chat_id, failure)
-                    continue
-                if failure.kind is FailureKind.RETRY_AFTER:
-                    await self._honour_retry_after(key, chat_id, failure, deadline)
-                    continue
-                return await self._give_up(key, request, chat_id, failure), chat_id, None
-            return SendOutcome.SENT, chat_id, message_id
+            message_id, failure = await self._call_recorded(attempt, part, chat_id)
+            if failure is None:
+                return SendOutcome.SENT, chat_id, message_id
+            if failure.kind is FailureKind.MIGRATED and migrations < MAX_MIGRATIONS:
+                migrations += 1
+                chat_id = await self._follow_migration(attempt, chat_id, failure)
+                continue
+            if failure.kind is FailureKind.RETRY_AFTER:
+                await self._honour_retry_after(attempt, chat_id, failure, deadline)
+                continue
+            return await self._give_up(attempt, request, chat_id, failure), chat_id, None
 
     @staticmethod
     def _intent(request: SendRequest, part: Part, key: str, chat_id: int) -> SendIntent:
         return SendIntent(key, chat_id, request.user_id, request.priority.value, part.method)
 
-    async def _call_recorded(self, key: str, part: Part, chat_id: int) -> int | None:
-        """The Bot API call between a committed intent and a committed outcome."""
+    async def _start_attempt(self, intent: SendIntent, request: SendRequest) -> Attempt | None:
+        """The intent, committed. Cancelled meanwhile, it still commits, and is then recorded as
+        ``retry`` (nothing was called): left ``pending``, it would read as unknown, never resent."""
+        started, cancelled = await _settled(
+            self.ledger.start_attempt(
+                intent,
+                resend_if_unknown=request.resend_if_unknown,
+                pause_scopes=self.gate.pause_scopes(intent.chat_id),
+            )
+        )
+        if cancelled is None:
+            return started.result()
+        if not started.cancelled() and started.exception() is None and (attempt := started.result()):
+            await self._finish(attempt, SendStatus.RETRY, error="cancelled before the call")
+        raise cancelled
+
+    async def _call_recorded(
+        self, attempt: Attempt, part: Part, chat_id: int
+    ) -> tuple[int | None, Failure | None]:
+        """The Bot API call between a committed intent and a committed outcome: the message id, or
+        why it failed."""
         try:
-            message_id = await self._timed(part.method, self._deliver(part, chat_id))
+            message_id = await timed(part.method, deliver(self.bot, part, chat_id))
         except asyncio.CancelledError:
             # A handler time limit or shutdown: the request may have gone out.
-            await asyncio.shield(self.ledger.finish(key, SendStatus.UNKNOWN, error="cancelled mid-call"))
+            await self._finish(attempt, SendStatus.UNKNOWN, error="cancelled mid-call")
             raise
         except Exception as error:
-            raise _Failed(classify_failure(error)) from error
-        await self.ledger.finish(key, SendStatus.SENT, message_id=message_id)
-        return message_id
+            failure = classified(error)
+        else:
+            await self._finish(attempt, SendStatus.SENT, message_id=message_id)
+            return message_id, None
+        # Returned, not raised from the except block: what the pipeline sees must not chain
+        # aiohttp's error, whose text may quote the request URL, and so the bot token.
+        return None, failure
 
-    async def _follow_migration(self, key: str, chat_id: int, failure: Failure) -> int:
+    async def _finish(
+        self,
+        attempt: Attempt,
+        status: SendStatus,
+        *,
+        message_id: int | None = None,
+        error: str | None = None,
+        blocked_chat_id: int | None = None,
+    ) -> None:
+        """Record `attempt`'s outcome, to the end even when the send is cancelled meanwhile: a message
+        Telegram took must not stay ``pending``, to be counted unknown or sent again. A cancellation
+        is passed on once the outcome is committed."""
+        finished, cancelled = await _settled(
+            self.ledger.finish(
+                attempt, status, message_id=message_id, error=error, blocked_chat_id=blocked_chat_id
+            )
+        )
+        if cancelled is not None:
+            if not finished.cancelled() and (failed := finished.exception()) is not None:
+                logger.warning(
+                    "send %s: outcome %s not recorded: %s",
+                    attempt.key,
+                    status.value,
+                    type(failed).__name__,
+                    extra={"send_key": attempt.key},
+                )
+            raise cancelled
+        if not finished.result():
+            logger.warning(
+                "send %s: outcome %s of attempt %d not recorded: a newer attempt started after its lease",
+                attempt.key,
+                status.value,
+                attempt.number,
+                extra={"send_key": attempt.key},
+            )
+
+    async def _follow_migration(self, attempt: Attempt, chat_id: int, failure: Failure) -> int:
         new_chat_id = failure.migrate_to_chat_id
         assert new_chat_id is not None
-        await self.ledger.finish(key, SendStatus.RETRY, error=failure.description)
+        await self._finish(attempt, SendStatus.RETRY, error=failure.description)
         await self.ledger.record_migration(chat_id, new_chat_id)
         logger.info("chat %s migrated to %s; resending there", chat_id, new_chat_id)
         return new_chat_id
 
-    async def _honour_retry_after(self, key: str, chat_id: int, failure: Failure, deadline: float) -> None:
+    async def _honour_retry_after(
+        self, attempt: Attempt, chat_id: int, failure: Failure, deadline: float
+    ) -> None:
         # Telegram does not say which limit it was: a group's flood is that group's (20/min); a
         # private chat's is taken as the bot's, since pacing keeps each private chat far below 1/s.
         scopes: list[Lane | int] = [chat_id] if chat_id < 0 else ["global", chat_id]
         await self.gate.pause(scopes, failure.retry_after_s)  # first: other sends are about to go
-        await self.ledger.finish(key, SendStatus.RETRY, error=failure.description)
+        await self._finish(attempt, SendStatus.RETRY, error=failure.description)
         metrics.RATE_LIMITED.labels("chat" if chat_id < 0 else "global").inc()
         logger.warning(
             "429 from Telegram: pausing %s for %.0fs",
@@ -266,177 +302,42 @@ class TelegramSender:
         if time.monotonic() + failure.retry_after_s > deadline:
             raise TelegramRateLimited(f"retry after {failure.retry_after_s:.0f}s", failure.retry_after_s)
 
-    async def _give_up(self, key: str, request: SendRequest, chat_id: int, failure: Failure) -> SendOutcome:
+    async def _give_up(
+        self, attempt: Attempt, request: SendRequest, chat_id: int, failure: Failure
+    ) -> SendOutcome:
         """Record a final (or not-now) outcome; return it, or raise what the pipeline should see."""
         if failure.kind is FailureKind.FORBIDDEN and chat_id > 0:
-            await self.ledger.finish(
-                key, SendStatus.BLOCKED, error=failure.description, blocked_chat_id=chat_id
+            await self._finish(
+                attempt, SendStatus.BLOCKED, error=failure.description, blocked_chat_id=chat_id
             )
             logger.info("user blocked the bot; marked", extra={"chat_id": chat_id})
             return SendOutcome.BLOCKED
         if failure.kind in (FailureKind.FORBIDDEN, FailureKind.BAD_REQUEST, FailureKind.MIGRATED):
-            await self.ledger.finish(key, SendStatus.FAILED, error=failure.description)
+            await self._finish(attempt, SendStatus.FAILED, error=failure.description)
             raise TelegramPermanentError(failure.description)
         if failure.kind is FailureKind.UNKNOWN:
-            await self.ledger.finish(key, SendStatus.UNKNOWN, error=failure.description)
-            logger.warning("send outcome unknown (%s)", failure.description, extra={"send_key": key})
+            await self._finish(attempt, SendStatus.UNKNOWN, error=failure.description)
+            logger.warning("send outcome unknown (%s)", failure.description, extra={"send_key": attempt.key})
             if request.resend_if_unknown:
                 raise OutcomeUnknown(f"outcome unknown, will resend: {failure.description}")
             return SendOutcome.UNKNOWN
-        await self.ledger.finish(key, SendStatus.RETRY, error=failure.description)
+        await self._finish(attempt, SendStatus.RETRY, error=failure.description)
         raise TelegramTransientError(failure.description)
-
-    async def _deliver(self, part: Part, chat_id: int) -> int | None:
-        markup = _keyboard(part.buttons)
-        protect = part.protect_content
-        bot = self.bot
-        if part.method == "sendMessage":
-            message = await bot.send_message(
-                chat_id, part.text or "", reply_markup=markup, protect_content=protect
-            )
-        elif part.method == "sendMediaGroup":
-            sent = await bot.send_media_group(chat_id, _album(part), protect_content=protect)
-            return sent[0].message_id if sent else None
-        else:
-            message = await self._send_single_media(part, chat_id, markup)
-        return message.message_id
-
-    async def _send_single_media(
-        self, part: Part, chat_id: int, markup: InlineKeyboardMarkup | None
-    ) -> Message:
-        media = part.media[0]
-        common: dict[str, Any] = {
-            "caption": part.text,
-            "reply_markup": markup,
-            "protect_content": part.protect_content,
-        }
-        if media.kind == "photo":
-            return await self.bot.send_photo(chat_id, media.file, **common)
-        if media.kind == "video":
-            return await self.bot.send_video(chat_id, media.file, **common)
-        if media.kind == "animation":
-            return await self.bot.send_animation(chat_id, media.file, **common)
-        return await self.bot.send_document(chat_id, media.file, **common)
-
-    @staticmethod
-    async def _timed(method: str, call: Awaitable[T]) -> T:
-        started = time.perf_counter()
-        result = "ok"
-        try:
-            return await call
-        except asyncio.CancelledError:
-            result = "cancelled"
-            raise
-        except Exception as error:
-            result = classify_failure(error).kind.value
-            raise
-        finally:
-            metrics.REQUESTS.labels(method, result).inc()
-            metrics.REQUEST_SECONDS.labels(method).observe(time.perf_counter() - started)
 
     async def send_unrecorded(self, chat_id: int, text: str) -> None:
         """A plain text message with neither ledger nor shared limits, both of which live in PostgreSQL.
 
         Only for the monitoring watchdog telling the admin chat that PostgreSQL or Kafka is down;
         at most a few messages per incident, so Telegram's limits are not at risk. May duplicate.
+        Raises TelegramTransientError.
         """
-        await self._timed("sendMessage", self.bot.send_message(chat_id, text))
-
-    # --- members and invite links -----------------------------------------------------------------
-
-    async def ban_chat_member(self, chat_id: int, user_id: int, *, until: datetime | None = None) -> bool:
-        """Remove the user from the chat; False when Telegram does not know them there (already gone)."""
         try:
-            return await self._admin(
-                "banChatMember",
-                chat_id,
-                lambda chat: self.bot.ban_chat_member(chat, user_id, until_date=until),
-            )
-        except TelegramPermanentError as error:
-            if is_not_member(str(error)):
-                return False
-            raise
-
-    async def unban_chat_member(self, chat_id: int, user_id: int) -> bool:
-        """Lift a ban so the user may rejoin (only_if_banned: a current member is never removed)."""
-        try:
-            return await self._admin(
-                "unbanChatMember",
-                chat_id,
-                lambda chat: self.bot.unban_chat_member(chat, user_id, only_if_banned=True),
-            )
-        except TelegramPermanentError as error:
-            if is_not_member(str(error)):
-                return False
-            raise
-
-    async def create_invite_link(
-        self, chat_id: int, *, expires_in: timedelta, name: str | None = None
-    ) -> InviteLink:
-        """A single-use link (member_limit=1) that expires after `expires_in`."""
-        expires_at = (self.clock.now() + expires_in).replace(microsecond=0)
-        link = await self._admin(
-            "createChatInviteLink",
-            chat_id,
-            lambda chat: self.bot.create_chat_invite_link(
-                chat, name=name, expire_date=expires_at, member_limit=1
-            ),
-        )
-        return InviteLink(link.invite_link, expires_at)
-
-    async def approve_join_request(self, chat_id: int, user_id: int) -> bool:
-        """Let the user in; False when there is no pending request (expired, withdrawn, already in)."""
-        try:
-            return await self._admin(
-                "approveChatJoinRequest",
-                chat_id,
-                lambda chat: self.bot.approve_chat_join_request(chat, user_id),
-            )
-        except TelegramPermanentError as error:
-            if is_missing_join_request(str(error)):
-                return False
-            raise
-
-    async def get_chat_member(self, chat_id: int, user_id: int) -> ChatMemberInfo | None:
-        """The user's status in the chat, or None when Telegram does not know them there."""
-        try:
-            member = await self._admin(
-                "getChatMember", chat_id, lambda chat: self.bot.get_chat_member(chat, user_id)
-            )
-        except TelegramPermanentError as error:
-            if is_not_member(str(error)):
-                return None
-            raise
-        status = getattr(member.status, "value", member.status)
-        return ChatMemberInfo(str(status), getattr(member, "until_date", None))
-
-    async def _admin(self, method: str, chat_id: int, call: Callable[[int], Awaitable[T]]) -> T:
-        deadline = time.monotonic() + self.settings.max_wait_in_call_s
-        chat = await self.ledger.current_chat_id(chat_id)
-        for _ in range(_MAX_MIGRATIONS + 1):
-            slot_at = await self.gate.wait_for_slot(None, Priority.CRITICAL, lane="admin", deadline=deadline)
-            if (paused := await self.gate.paused_for(None, "admin")) > 0 or self.gate.too_late(slot_at):
-                await asyncio.sleep(paused)
-                continue
-            try:
-                return await self._timed(method, call(chat))
-            except Exception as error:
-                failure = classify_failure(error)
-            if failure.kind is FailureKind.MIGRATED and failure.migrate_to_chat_id is not None:
-                await self.ledger.record_migration(chat, failure.migrate_to_chat_id)
-                chat = failure.migrate_to_chat_id
-            elif failure.kind is FailureKind.RETRY_AFTER:
-                await self.gate.pause(["admin"], failure.retry_after_s)
-                metrics.RATE_LIMITED.labels("admin").inc()
-                if time.monotonic() + failure.retry_after_s > deadline:
-                    raise TelegramRateLimited(
-                        f"retry after {failure.retry_after_s:.0f}s", failure.retry_after_s
-                    )
-            elif failure.kind in (FailureKind.FORBIDDEN, FailureKind.BAD_REQUEST):
-                raise TelegramPermanentError(failure.description)
-            else:
-                raise TelegramTransientError(failure.description)
-        raise TelegramTransientError(f"{method}: chat {chat_id} keeps migrating")
+            await timed("sendMessage", self.bot.send_message(chat_id, text))
+        except Exception as error:
+            failure = classified(error)
+        else:
+            return
+        raise TelegramTransientError(failure.description)  # not chained: see _call_recorded
 
 
 def ledger_engine(database: DatabaseSettings, sender: SenderSettings, *, durable: bool = True) -> AsyncEngine:
@@ -465,37 +366,17 @@ def ledger_engine(database: DatabaseSettings, sender: SenderSettings, *, durable
     )
 
 
-class _Failed(Exception):
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.description)
-        self.failure = failure
-
-
-def _keyboard(rows: tuple[tuple[Button, ...], ...]) -> InlineKeyboardMarkup | None:
-    if not rows:
-        return None
-    return InlineKeyboardMarkup(
-        inline_keyboard=[
-            [InlineKeyboardButton(text=b.text, url=b.url, callback_data=b.callback_data) for b in row]
-            for row in rows
-        ]
-    )
-
-
-def _album(part: Part) -> list[MediaUnion]:
-    items: list[MediaUnion] = []
-    for index, media in enumerate(part.media):
-        caption = part.text if index == 0 else None
-        items.append(_album_item(media, caption))
-    return items
-
-
-def _album_item(media: Media, caption: str | None) -> InputMediaPhoto | InputMediaVideo | InputMediaDocument:
-    if media.kind == "photo":
-        return InputMediaPhoto(media=media.file, caption=caption)
-    if media.kind == "video":
-        return InputMediaVideo(media=media.file, caption=caption)
-    return InputMediaDocument(media=media.file, caption=caption)
+async def _settled(step: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], asyncio.CancelledError | None]:
+    """Run a ledger step to its end (at most _LEDGER_STEP_WITHIN_S) even if the caller is cancelled
+    meanwhile: the finished step, and the cancellation the caller must pass on (None if none came)."""
+    task = asyncio.create_task(asyncio.wait_for(step, _LEDGER_STEP_WITHIN_S))
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])  # unlike awaiting the task, cancelling this leaves it running
+        except asyncio.CancelledError as error:
+            cancelled = error
+    return task, cancelled
 
 
 def sender_from(services: Mapping[str, Any]) -> TelegramSender:
