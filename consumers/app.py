@@ -229,6 +229,10 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
                 await asyncio.wait_for(task, timeout=10)
         await health.stop()
         await consumers.stop_relay()
+
+    @app.after_shutdown
+    async def close_sender() -> None:
+        # After the broker stopped: it waits for handlers in flight, which may be mid-send.
         if isinstance(sender, TelegramSender):
             await sender.close()
 
