@@ -1,4 +1,4 @@
-"""``python -m core`` is the operator CLI, ``python -m core.cli`` (see core/cli.py)."""
+"""``python -m core`` is the operator CLI, ``python -m core.cli`` (see core/cli/)."""
 
 import sys
 

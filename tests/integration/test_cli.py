@@ -1,7 +1,8 @@
 """The operator CLI on the real broker and database: listing, showing and replaying dead letters.
 
 Each test records its replays in a consumer group of its own (``--progress-group``), so the
-``dianabot.cli.dlq-replay`` group of a developer's stack is never touched.
+``dianabot.cli.dlq-replay`` group of a developer's stack is never touched, and replays to topics of
+its own, outside the registry (``--allow-topic``).
 ``pytest -s -k listed_then_replayed`` prints the CLI's output for a replayed dead letter.
 """
 
@@ -171,7 +172,8 @@ async def test_a_dead_letter_is_listed_then_replayed_and_takes_effect_once(
         assert details["body"]["event_id"] == str(event.event_id)
 
         broken["on"] = False  # the fix is deployed
-        code, replayed, err = await run_cli("dlq", "replay", position, "--progress-group", progress_group)
+        replay = ("dlq", "replay", position, "--progress-group", progress_group, "--allow-topic", topic.name)
+        code, replayed, err = await run_cli(*replay)
         with capsys.disabled():  # `pytest -s` shows what an operator sees
             print(f"\n$ python -m core.cli dlq list --handler {name}\n{listing}")
             print(f"$ python -m core.cli dlq replay {position}\n{replayed}")
@@ -182,7 +184,7 @@ async def test_a_dead_letter_is_listed_then_replayed_and_takes_effect_once(
         )
 
         before = _duplicates(name)
-        code, _, err = await run_cli("dlq", "replay", position, "--progress-group", progress_group)
+        code, _, err = await run_cli(*replay)
         assert code == 0, err
         await _wait_for(
             lambda: _seen_duplicate(name, before), "the second replay was not dropped as a duplicate"
@@ -217,7 +219,8 @@ async def test_replay_all_replays_each_dead_letter_once_and_remembers_it(
     name = group.specs[0].name
     effect_name = f"{group.module}.grant"
     events = [_activity(1), _activity(2)]
-    replay = ("dlq", "replay", "--all", "--handler", name, "--progress-group", progress_group)
+    replay = ["dlq", "replay", "--all", "--handler", name, "--progress-group", progress_group]
+    replay += ["--allow-topic", topic.name]
     async with RawProducer(kafka) as producer, running_consumers(kafka, [group]):
         await producer.send_events(topic.name, events)
         await dead_letters_for(kafka, name, expected=2)
@@ -255,8 +258,9 @@ async def test_a_malformed_dead_letter_replayed_is_dead_lettered_again(
         await dead_letters_for(kafka, name, expected=1)
         (row,) = await _dead_letter_rows(kafka, capsys, "--handler", name)
         code, _ = await run_in_process(
-            kafka, capsys, "dlq", "replay", row["dead_letter"], "--progress-group", progress_group
-        )
+            kafka, capsys, "dlq", "replay", row["dead_letter"], "--progress-group", progress_group,
+            "--allow-topic", topic.name,
+        )  # fmt: skip
         assert code == 0
         letters = await dead_letters_for(kafka, name, expected=2)
 
@@ -281,7 +285,7 @@ async def test_a_record_dead_lettered_by_two_handlers_is_replayed_once_for_both(
         broken["on"] = False
         code, out = await run_in_process(
             kafka, capsys, "dlq", "replay", "--all", "--source-topic", topic.name, "--json",
-            "--progress-group", progress_group,
+            "--progress-group", progress_group, "--allow-topic", topic.name,
         )  # fmt: skip
         assert code == 0
         statuses = sorted(r["status"].split(" as ")[0] for r in json.loads(out))
