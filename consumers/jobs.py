@@ -46,7 +46,7 @@ from core.jobs import (
 )
 from core.models import OutboxEvent
 from core.outbox import add_to_outbox
-from core.pipeline import ledger
+from core.pipeline import dead_letters, ledger
 from core.pipeline.errors import describe
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
 from core.telegram.broadcasts import purge_recipients_before
@@ -200,6 +200,8 @@ class Retention:
     telegram_sends: timedelta = timedelta(days=35)
     broadcast_recipients: timedelta = timedelta(days=35)
     expired_invite_links: timedelta = timedelta(days=7)
+    # Outlives every source topic's retention, so a record that can still be re-read keeps its claim.
+    dead_letter_claims: timedelta = timedelta(days=35)
     batch_size: int = 5000
     max_batches: int = 1000
 
@@ -257,6 +259,7 @@ async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> d
         "telegram_sends_deleted": (purge_sends_before, retention.telegram_sends),
         "broadcast_recipients_deleted": (purge_recipients_before, retention.broadcast_recipients),
         "invite_links_deleted": (purge_expired_invite_links_before, retention.expired_invite_links),
+        "dead_letter_claims_deleted": (dead_letters.purge_published_before, retention.dead_letter_claims),
     }
     return {
         count: await run_in_batches(

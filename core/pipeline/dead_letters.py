@@ -21,6 +21,8 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import metrics
+from core.db import delete_batch
+from core.models import DeadLetterRecord
 from core.pipeline.errors import InfrastructureError, describe
 from core.pipeline.records import Origin, Record, headers_text
 from core.pipeline.routing import FailureRouter
@@ -128,3 +130,19 @@ class DeadLetters:
                 return bool(result.scalar()) if answer else False
         except Exception as error:
             raise InfrastructureError(f"database unreachable: {type(error).__name__}") from error
+
+
+async def purge_published_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Delete one bounded batch of dead-letter claims published before ``cutoff``.
+
+    Dead letters kept here because Kafka would not take them stay until an operator removes them.
+    """
+    return await delete_batch(
+        session,
+        DeadLetterRecord.handler,
+        DeadLetterRecord.topic,
+        DeadLetterRecord.partition,
+        DeadLetterRecord.offset,
+        where=DeadLetterRecord.published_at < cutoff,
+        batch_size=batch_size,
+    )

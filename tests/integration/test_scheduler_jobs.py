@@ -241,6 +241,26 @@ async def test_daily_cleanup_purges_past_retention_in_bounded_batches_and_report
                 ),
                 {"e": outbox_ids[name], "created": now - timedelta(days=9), "published": published_at},
             )
+        handler = f"test.cleanup.{uuid.uuid4().hex[:8]}"
+        claims = {
+            0: (now - timedelta(days=40), None),  # published long ago: purged
+            1: (now - timedelta(days=1), None),  # published recently: kept
+            2: (None, "MessageSizeTooLargeError"),  # kept in PostgreSQL for an operator: kept
+        }
+        for offset, (published_at, publish_error) in claims.items():
+            await session.execute(
+                text(
+                    'INSERT INTO dead_letter_records (handler, topic, partition, "offset", reason, attempts,'
+                    " failed_at, published_at, publish_error) VALUES (:h, 't', 0, :o, 'r', 0, :f, :p, :e)"
+                ),
+                {
+                    "h": handler,
+                    "o": offset,
+                    "f": now - timedelta(days=41),
+                    "p": published_at,
+                    "e": publish_error,
+                },
+            )
         await session.commit()
 
     registry.scheduled("scheduled_daily_cleanup", topics=(topic,), retry_delays_s=())(scheduled_daily_cleanup)
@@ -261,8 +281,14 @@ async def test_daily_cleanup_purges_past_retention_in_bounded_batches_and_report
         "telegram_sends_deleted",
         "broadcast_recipients_deleted",
         "invite_links_deleted",
+        "dead_letter_claims_deleted",
     }
     async with session_factory() as session:
+        claims_kept = set(
+            await session.scalars(
+                text('SELECT "offset" FROM dead_letter_records WHERE handler = :h'), {"h": handler}
+            )
+        )
         ledger = set(
             await session.scalars(
                 text("SELECT event_id FROM processed_events WHERE consumer = :c"), {"c": consumer}
@@ -282,5 +308,6 @@ async def test_daily_cleanup_purges_past_retention_in_bounded_batches_and_report
         )
     assert ledger == set(new_ids)
     assert kept == {outbox_ids["new_published"], outbox_ids["old_unpublished"]}
+    assert claims_kept == {1, 2}
     assert completed is not None
     assert completed["payload"]["counts"] == run.counts
