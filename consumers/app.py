@@ -174,7 +174,8 @@ def production_services(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings, **options: Any) -> FastStream:
-    options.setdefault("services", production_services(settings))
+    # Built only when the caller brings none: one sender per process, and no settings read for nothing.
+    options["services"] = options["services"] if "services" in options else production_services(settings)
     consumers = build_consumers(settings, **options)
     sender = options["services"].get(SENDER_KEY)
     health = HealthServer(

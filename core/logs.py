@@ -1,5 +1,8 @@
 """Logging: one JSON object per line, with the event id and trace id of the work in progress.
 
+Every line is passed through ``redact_secrets`` last, so a bot token quoted by any library's
+message or traceback never reaches the log.
+
 The pipeline binds ``event_id``/``event_type``/``handler`` into a context variable for the
 duration of a handler, so every line a handler logs carries them without passing them around.
 """
@@ -16,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
+
+from core.redaction import redact_secrets
 
 _log_context: ContextVar[dict[str, Any] | None] = ContextVar("dianabot_log_context", default=None)
 
@@ -49,14 +54,14 @@ class JsonFormatter(logging.Formatter):
         line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return redact_secrets(json.dumps(line, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         context = _log_context.get()
-        return f"{base} {context}" if context else base
+        return redact_secrets(f"{base} {context}" if context else base)
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:

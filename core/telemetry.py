@@ -12,7 +12,6 @@ attributes, events (exception messages and stack traces) and status (``redact_se
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -30,19 +29,10 @@ from opentelemetry.util.types import Attributes, AttributeValue
 from sqlalchemy.ext.asyncio import AsyncEngine
 from yarl import URL
 
+from core.redaction import redact_secrets
 from core.settings import TelemetrySettings
 
 _provider: TracerProvider | None = None
-
-# A Bot API token is "<bot id>:<secret>": in a URL path after "/bot" (aiogram's requests, file
-# downloads), or on its own in a real token's shape (35 characters of secret).
-_BOT_TOKEN = re.compile(r"(?<=/bot)\d+:[^/\s?#'\"]+|\b\d{5,}:[A-Za-z0-9_-]{30,}")
-REDACTED = "<redacted>"
-
-
-def redact_secrets(text: str) -> str:
-    """`text` with every Bot API token replaced by ``<redacted>``."""
-    return _BOT_TOKEN.sub(REDACTED, text)
 
 
 def setup_tracing(settings: TelemetrySettings, *extra_processors: SpanProcessor) -> TracerProvider | None:

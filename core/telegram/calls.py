@@ -24,10 +24,10 @@ from aiogram.types import (
 from aiogram.types.media_union import MediaUnion
 
 from contracts.events import Button, Media
+from core.redaction import redact_secrets
 from core.telegram import metrics
 from core.telegram.content import Part
 from core.telegram.errors import Failure, classify_failure
-from core.telemetry import redact_secrets
 
 T = TypeVar("T")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from core.telemetry import RedactingSpanProcessor, redact_secrets
+from core.redaction import redact_secrets
+from core.telemetry import RedactingSpanProcessor
 
 TOKEN = "7012345678:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"
 URL = f"https://api.telegram.org/bot{TOKEN}/sendMessage"
@@ -44,3 +46,24 @@ def test_a_span_reaches_the_exporter_without_the_token() -> None:
     assert "bot<redacted>" in str(redacted.events[0].attributes["exception.message"])
     assert redacted.status.status_code is StatusCode.ERROR
     assert (untouched.name, dict(untouched.attributes or {})) == ("clean", {"dianabot.event_id": "e1"})
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_a_log_line_and_its_traceback_never_carry_the_token(json_lines: bool) -> None:
+    import logging
+
+    from core.logs import JsonFormatter, TextFormatter
+
+    token = "123456:AAH-secret-part-of-the-token-0123456789"
+    formatter = JsonFormatter() if json_lines else TextFormatter("%(message)s")
+    try:
+        raise ConnectionError(f"Cannot connect to https://api.telegram.org/bot{token}/sendMessage")
+    except ConnectionError:
+        import sys
+
+        record = logging.LogRecord(
+            "aiohttp", logging.ERROR, __file__, 1, "failed: %s", (token,), sys.exc_info()
+        )
+    line = formatter.format(record)
+    assert token not in line
+    assert "<redacted>" in line
