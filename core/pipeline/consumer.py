@@ -14,8 +14,11 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from itertools import chain
+from types import MethodType
 from typing import Annotated, Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
@@ -35,6 +38,7 @@ logger = logging.getLogger("dianabot.pipeline")
 
 MAX_BACKOFF_S = 30.0
 POLL_MARGIN_S = 300.0
+IDLE_POLL_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -132,9 +136,13 @@ def subscribe_handler(
             stages.append((attempt, retry_topic, retry_topic, max_poll_interval_ms(spec, attempt)))
         for stage, topic_name, group_id, poll_interval_ms in stages:
             consumer = BatchConsumer(HandlerRunner(spec, group, deps, stage=stage))
-            # FastStream sleeps batch_timeout_ms again after an empty poll: short on the source topic
-            # (it bounds the latency of the first event after a quiet spell), long on retry topics.
-            options = {"batch_timeout_ms": 10 if stage == 0 else 500, **consumer_options}
+            # A long poll: it returns at the first record (see _long_poll), so it only sets how often
+            # an idle consumer wakes up.
+            options = {
+                "batch_timeout_ms": IDLE_POLL_MS,
+                "fetch_max_wait_ms": IDLE_POLL_MS,
+                **consumer_options,
+            }
             _register(router, consumer, topic_name, group_id, spec, poll_interval_ms, options)
     return declarations
 
@@ -158,7 +166,7 @@ def _register(
     # envelope(s) this handler takes. Set as an object: a string annotation naming a local of this
     # function would not resolve once FastStream builds the handler's model.
     handle.__annotations__["body"] = Annotated[list[bytes], DocumentedAs(record_type(spec.events))]
-    router.subscriber(
+    subscriber = router.subscriber(
         topic,
         group_id=group,
         batch=True,
@@ -173,7 +181,23 @@ def _register(
         f"{spec.batch_size} records; each record's value is one event envelope (JSON), its key the "
         "aggregate id.",
         **options,
-    )(handle)
+    )
+    subscriber(handle)
+    subscriber.get_msg = MethodType(_long_poll, subscriber)
+
+
+async def _long_poll(subscriber: Any, consumer: AIOKafkaConsumer) -> tuple[Record, ...]:
+    """FastStream's batch poll, without its sleep after an empty poll.
+
+    ``getmany`` already returns as soon as a record arrives, so a long ``batch_timeout_ms`` costs
+    no latency; FastStream then sleeps that long again after an empty poll, which either delays
+    the first event after a quiet spell (long timeout) or wakes a hundred idle consumers a hundred
+    times a second (short timeout). Without the sleep, an idle consumer wakes once per timeout.
+    """
+    batches = await consumer.getmany(
+        timeout_ms=subscriber.batch_timeout_ms, max_records=subscriber.max_records
+    )
+    return tuple(chain.from_iterable(batches.values()))
 
 
 def document_topics(router: KafkaRouter, topics: Iterable[TopicSpec] = TOPICS) -> None:
