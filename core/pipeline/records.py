@@ -13,6 +13,7 @@ forged them, so there a record's attempt is 0 and its origin is its own position
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,9 @@ H_ORIGINAL_OFFSET = "x-original-offset"
 H_LAST_ERROR = "x-last-error"
 
 Record: TypeAlias = ConsumerRecord[bytes | None, bytes | None]
+
+# Kafka's rule for topic names.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 # The largest due time a retry header may carry, as epoch milliseconds (year 9999).
 _MAX_EPOCH_MS = 253_402_300_799_000
@@ -118,8 +122,11 @@ def _reason(error: Exception) -> str:
 def _pipeline_headers(record: Record, stage: int) -> tuple[Origin, datetime | None]:
     if stage == 0:
         return Origin.of(record), None
+    topic = header(record, H_ORIGINAL_TOPIC) or record.topic
+    if not _TOPIC_NAME.fullmatch(topic):
+        raise _Reject(f"header {H_ORIGINAL_TOPIC} is not a topic name: {topic[:40]!r}")
     origin = Origin(
-        header(record, H_ORIGINAL_TOPIC) or record.topic,
+        topic,
         _int_header(record, H_ORIGINAL_PARTITION, record.partition),
         _int_header(record, H_ORIGINAL_OFFSET, record.offset),
     )

@@ -128,6 +128,10 @@ def test_forged_retry_headers_on_a_source_topic_are_ignored() -> None:
         ([(H_DUE_AT, b"9" * 19)], "malformed: header x-due-at is out of range: '9999999999999999999'"),
         ([(H_ORIGINAL_OFFSET, b"1e9")], "malformed: header x-original-offset is not an integer: '1e9'"),
         ([(H_DUE_AT, None)], "malformed: header x-due-at is not an integer: ''"),
+        (
+            [(H_ORIGINAL_TOPIC, b"t" * 300)],
+            "malformed: header x-original-topic is not a topic name: " + repr("t" * 40),
+        ),
     ],
 )
 def test_unreadable_retry_headers_on_a_retry_topic_make_the_record_malformed(
