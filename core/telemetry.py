@@ -12,6 +12,7 @@ attributes, events (exception messages and stack traces) and status (``redact_se
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -19,13 +20,15 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.metrics import get_meter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Status
 from opentelemetry.util.types import Attributes, AttributeValue
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from yarl import URL
 
@@ -33,6 +36,7 @@ from core.redaction import redact_secrets
 from core.settings import TelemetrySettings
 
 _provider: TracerProvider | None = None
+_traced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def setup_tracing(settings: TelemetrySettings, *extra_processors: SpanProcessor) -> TracerProvider | None:
@@ -130,10 +134,20 @@ def _redacted_value(value: AttributeValue) -> AttributeValue:
 
 
 def instrument_engine(engine: AsyncEngine, provider: TracerProvider | None) -> None:
-    if provider is None:
+    """Trace this engine's statements (text recorded, bound parameters not: they may carry user data).
+
+    Per engine, not through ``SQLAlchemyInstrumentor().instrument``: that one is a process-wide
+    singleton that ignores every call after the first, so a second engine (another app factory in
+    the same process, a test) would silently go untraced.
+    """
+    if provider is None or engine.sync_engine in _traced_engines:
         return
-    # Statement text is recorded, bound parameters are not: they may carry user data.
-    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=provider)
+    _traced_engines.add(engine.sync_engine)
+    connections = get_meter(__name__).create_up_down_counter(
+        name="db.client.connections.usage", unit="connections", description="Connections by state."
+    )
+    tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+    EngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
 
 
 def kafka_middlewares(provider: TracerProvider | None) -> tuple[KafkaTelemetryMiddleware, ...]:
