@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCAL_ENV := . devstack/local.env &&
 
-.PHONY: venv up down run test lint typecheck unit integration migrate bench clean
+.PHONY: venv up down run test lint typecheck unit integration migrate bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: venv up migrate
 	$(LOCAL_ENV) $(BIN)/python -m bench.pipeline
 	$(LOCAL_ENV) $(BIN)/python -m bench.scheduler --seconds 60
 	$(LOCAL_ENV) $(BIN)/python -m bench.telegram
+
+# The real processes under kills, a PostgreSQL crash, a broker restart and hostile records; one JSON
+# line, exit 1 when a target is missed (bench/chaos/__init__.py). Options: CHAOS_ARGS="--seed 2 ...".
+chaos: venv up
+	$(LOCAL_ENV) $(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
