@@ -55,7 +55,7 @@ bench: venv up migrate
 # The real processes under kills, a PostgreSQL crash, a broker restart and hostile records; one JSON
 # line, exit 1 when a target is missed (bench/chaos/__init__.py). Options: CHAOS_ARGS="--seed 2 ...".
 chaos: venv up
-	$(LOCAL_ENV) $(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+	@$(LOCAL_ENV) $(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -92,6 +92,9 @@ class Publisher:
             except Exception as error:
                 if _too_large(error) and record.fuzz_id is not None:
                     self.result.refused.append(record.fuzz_id)
+                    # aiokafka's idempotent producer counted the refused batch in its sequence
+                    # numbers; the broker did not (OutOfOrderSequenceNumber next): start afresh.
+                    await self._reset()
                     return
                 failures += 1
                 self.result.retries += 1

@@ -21,7 +21,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench.chaos import database, expect, faults, fuzz, groups, readback, verify, workload
-from bench.chaos.cluster import CLIENT_ID, REPO, Cluster, ServiceConfig, scheduler_leader
+from bench.chaos.cluster import (
+    CLIENT_ID,
+    REPO,
+    Cluster,
+    ServiceConfig,
+    kafka_up,
+    postgres_up,
+    scheduler_leader,
+)
 from bench.chaos.progress import Watch, idle_windows, recovery_s
 from bench.chaos.publisher import Publisher
 from bench.chaos.topology import Lane, service_lanes
@@ -170,6 +178,15 @@ async def drain(watch: Watch, engine: AsyncEngine, cluster: Cluster, since: floa
     return False
 
 
+async def restore_infrastructure() -> None:
+    """Kafka and PostgreSQL are shared: whatever happened to the run, leave both running."""
+    for start in (postgres_up, kafka_up):
+        try:
+            await start()
+        except Exception:
+            logger.exception("could not start %s again", start.__name__)
+
+
 # --- the report ----------------------------------------------------------------------------------
 
 
@@ -305,6 +322,7 @@ class Run:
             await cluster.stop_service()
             await cluster.stop_double()
             await engine.dispose()
+            await restore_infrastructure()
 
     async def _run(
         self,
