@@ -7,10 +7,10 @@ import contextlib
 import json
 import logging
 import random
+import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,11 +76,21 @@ def prepare_source(kind: str) -> tuple[Path, str]:
     if kind == "worktree":
         return REPO, commit
     target = REPO / ".devstack/chaos/src" / commit
+    _prune(target.parent, keep=3)
     if not (target / "consumers").is_dir():
         target.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target, commit
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Delete all but the `keep` newest entries of `directory` (old snapshots, old runs' logs)."""
+    if not directory.is_dir():
+        return
+    entries = sorted(directory.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def merge(seed: int, stream: list[workload.Record], cases: list[fuzz.FuzzCase]) -> list[workload.Record]:
@@ -259,7 +269,8 @@ class Run:
         self.settings: Settings = load_settings()
         self.lanes = service_lanes()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.logs = REPO / ".devstack/chaos" / f"{stamp}-seed{options.seed}"
+        _prune(REPO / ".devstack/chaos/runs", keep=20)
+        self.logs = REPO / ".devstack/chaos/runs" / f"{stamp}-seed{options.seed}"
         self.logs.mkdir(parents=True, exist_ok=True)
 
     def elapsed(self) -> float:
@@ -499,6 +510,3 @@ def _categories(cases: list[fuzz.FuzzCase]) -> dict[str, int]:
 
 async def run(options: Options) -> dict[str, Any]:
     return await Run(options)()
-
-
-Step = Callable[[], Awaitable[None]]

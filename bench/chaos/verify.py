@@ -291,13 +291,17 @@ def _count_letter(
         count.other[f"{handler}: {event_type}: {reason[:80]}"] += 1
 
 
-def _after_a_crash(times: list[float], crashes: list[float], window_s: float = 15.0) -> bool:
+def _after_a_crash(
+    times: list[float], crashes: list[float], window_s: float = 3.0, gap_s: float = 5.0
+) -> bool:
     """A second copy explained by a crash: a kill or outage began just after the first copy was
-    published, before its claim could be marked (the claim is then published again, by design)."""
+    published, before its claim could be marked (the claim is then published again, by design),
+    and the next copy came later than a live process could have redone it. Copies closer together
+    come from two passes over the record at once, which no crash explains."""
     first, *later = sorted(times)
-    return bool(later) and any(
-        first - 1 <= crash <= first + window_s and crash < later[0] for crash in crashes
-    )
+    if not later or later[0] - first < gap_s:
+        return False
+    return any(first - 0.5 <= crash <= first + window_s for crash in crashes)
 
 
 def dead_letter_report(
