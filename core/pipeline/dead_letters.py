@@ -1,9 +1,10 @@
 """Dead letters, once: a record reaches the dead letters at most once per handler, whatever rewinds.
 
-Each dead letter is claimed in PostgreSQL by (handler, origin topic, partition, offset) before it
-is published, and marked once Kafka acknowledged it. A rewound batch finds the mark and skips the
-record; a claim left unmarked by a crash is published again (the dead-letter topic may then hold
-a second copy with the same handler and origin headers, which the operator tools count once).
+Each dead letter is claimed in PostgreSQL by (handler, origin topic, partition, offset), published,
+and marked, all in one transaction: a rewound batch finds the mark and skips the record, and a
+second pass at the same time waits on the claim's row lock. A crash between Kafka's ack and the
+commit leaves no claim, so the record is dead-lettered again: the topic may then hold a second
+copy with the same handler and origin headers, which the operator tools count once.
 
 The dead-letter topic is never the reason a lane stops: a dead letter Kafka will not take (too
 large, a topic problem) keeps its bytes in the claim row instead (`publish_error` set), is counted
@@ -17,7 +18,7 @@ import json
 import logging
 from datetime import datetime
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import metrics
@@ -82,9 +83,43 @@ class DeadLetters:
             "partition": origin.partition,
             "offset": origin.offset,
         }
-        values = {"reason": _pg_text(reason), "attempts": attempts, "failed_at": failed_at}
-        if await self._execute(_CLAIM, {**key, **values}, answer=True):
-            return False
+        claim = {**key, "reason": _pg_text(reason), "attempts": attempts, "failed_at": failed_at}
+        try:
+            # One transaction from claim to mark: the claim's row lock makes a second pass over the
+            # same record (the old and new owner of a partition during a rebalance) wait, then
+            # find it published. Only a crash between Kafka's ack and the commit leaves a copy.
+            async with self._session_factory() as session, session.begin():
+                if (await session.execute(_CLAIM, claim)).scalar():
+                    return False
+                publish_error = await self._publish(
+                    record, origin, handler, reason, attempts, failed_at, error
+                )
+                if publish_error is None:
+                    await session.execute(_MARK_PUBLISHED, key)
+                else:
+                    await session.execute(_STORE, _stored(record, key, publish_error))
+        except Exception as db_error:
+            raise InfrastructureError(f"database unreachable: {type(db_error).__name__}") from db_error
+        if publish_error is not None:
+            metrics.DEAD_LETTERS_STORED.labels(handler).inc()
+            logger.error(
+                "dead letter kept in PostgreSQL (dead_letter_records): Kafka would not take it: %s",
+                publish_error,
+                extra={"handler": handler, "topic": origin.topic, "offset": origin.offset},
+            )
+        return True
+
+    async def _publish(
+        self,
+        record: Record,
+        origin: Origin,
+        handler: str,
+        reason: str,
+        attempts: int,
+        failed_at: datetime,
+        error: BaseException | None,
+    ) -> str | None:
+        """None once Kafka acknowledged the dead letter, else why it would not take it."""
         try:
             await self._router.to_dead_letters(
                 record,
@@ -96,40 +131,19 @@ class DeadLetters:
                 error=error,
             )
         except Exception as publish_error:
-            await self._store(record, key, publish_error)
-            return True
-        await self._execute(_MARK_PUBLISHED, key)
-        return True
+            return f"{type(publish_error).__name__}: {describe(publish_error, 300)}"
+        return None
 
-    async def _store(self, record: Record, key: dict[str, object], publish_error: Exception) -> None:
-        why = f"{type(publish_error).__name__}: {describe(publish_error, 300)}"
-        headers = {_pg_text(k): _pg_text(v) for k, v in headers_text(record).items()}
-        await self._execute(
-            _STORE,
-            {
-                **key,
-                "publish_error": _pg_text(why),
-                "key": record.key,
-                "value": record.value,
-                "headers": json.dumps(headers),
-            },
-        )
-        metrics.DEAD_LETTERS_STORED.labels(str(key["handler"])).inc()
-        logger.error(
-            "dead letter kept in PostgreSQL (dead_letter_records): Kafka would not take it: %s",
-            why,
-            extra={"handler": key["handler"], "topic": key["topic"], "offset": key["offset"]},
-        )
 
-    async def _execute(
-        self, statement: TextClause, params: dict[str, object], *, answer: bool = False
-    ) -> bool:
-        try:
-            async with self._session_factory() as session, session.begin():
-                result = await session.execute(statement, params)
-                return bool(result.scalar()) if answer else False
-        except Exception as error:
-            raise InfrastructureError(f"database unreachable: {type(error).__name__}") from error
+def _stored(record: Record, key: dict[str, object], publish_error: str) -> dict[str, object]:
+    headers = {_pg_text(k): _pg_text(v) for k, v in headers_text(record).items()}
+    return {
+        **key,
+        "publish_error": _pg_text(publish_error),
+        "key": record.key,
+        "value": record.value,
+        "headers": json.dumps(headers),
+    }
 
 
 async def purge_published_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:

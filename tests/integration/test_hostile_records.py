@@ -171,6 +171,30 @@ async def test_a_batch_read_again_after_a_rewind_dead_letters_nothing_twice(
     assert sorted(letter["x-original-offset"] for letter in letters) == ["0", "2"]
 
 
+async def test_two_passes_over_the_same_record_at_once_dead_letter_it_once(
+    kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """What a rebalance does: the old owner still works on its batch while the new one re-reads it."""
+    group = _counting_group()
+    spec = group.specs[0]
+    topic = spec.topics[0].name
+    broker = create_broker(kafka.kafka)
+    await broker.connect()
+    try:
+        deps = PipelineDeps(
+            session_factory=session_factory, router=FailureRouter(broker), clock=SystemClock()
+        )
+        batch = [_record(topic, offset, b"not json") for offset in range(5)]
+        reports = await asyncio.gather(
+            *(HandlerRunner(spec, spec.name, deps).process(batch) for _ in range(3))
+        )
+    finally:
+        await broker.stop()
+    assert sum(report.dead_lettered for report in reports) == 5
+    letters = await _all_dead_letters(kafka, spec.name)
+    assert sorted(letter["x-original-offset"] for letter in letters) == ["0", "1", "2", "3", "4"]
+
+
 async def test_a_dead_letter_kafka_will_not_take_is_kept_in_postgresql_and_the_lane_moves_on(
     kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
