@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -127,6 +129,19 @@ async def test_the_three_records_that_stopped_a_lane_are_dead_lettered_once_and_
     ]
 
 
+@asynccontextmanager
+async def _pipeline_deps(
+    settings: Settings, session_factory: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[PipelineDeps]:
+    """What a consumer process gives its runners, to drive a runner directly as a consumer would."""
+    broker = create_broker(settings.kafka)
+    await broker.connect()
+    try:
+        yield PipelineDeps(session_factory=session_factory, router=FailureRouter(broker), clock=SystemClock())
+    finally:
+        await broker.stop()
+
+
 def _record(topic: str, offset: int, value: bytes) -> Record:
     return ConsumerRecord(
         topic=topic,
@@ -146,15 +161,9 @@ def _record(topic: str, offset: int, value: bytes) -> Record:
 async def test_a_batch_read_again_after_a_rewind_dead_letters_nothing_twice(
     kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
-    group = _counting_group()
-    spec = group.specs[0]
+    spec = _counting_group().specs[0]
     topic = spec.topics[0].name
-    broker = create_broker(kafka.kafka)
-    await broker.connect()
-    try:
-        deps = PipelineDeps(
-            session_factory=session_factory, router=FailureRouter(broker), clock=SystemClock()
-        )
+    async with _pipeline_deps(kafka, session_factory) as deps:
         runner = HandlerRunner(spec, spec.name, deps)
         batch = [
             _record(topic, 0, b"not json"),
@@ -163,8 +172,6 @@ async def test_a_batch_read_again_after_a_rewind_dead_letters_nothing_twice(
         ]
         first = await runner.process(batch)
         again = await runner.process(batch)  # what a rewind does: the same records, read again
-    finally:
-        await broker.stop()
     assert (first.dead_lettered, first.handled) == (2, 1)
     assert (again.dead_lettered, again.duplicates) == (0, 1)
     letters = await _all_dead_letters(kafka, spec.name)
@@ -175,21 +182,12 @@ async def test_two_passes_over_the_same_record_at_once_dead_letter_it_once(
     kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
     """What a rebalance does: the old owner still works on its batch while the new one re-reads it."""
-    group = _counting_group()
-    spec = group.specs[0]
-    topic = spec.topics[0].name
-    broker = create_broker(kafka.kafka)
-    await broker.connect()
-    try:
-        deps = PipelineDeps(
-            session_factory=session_factory, router=FailureRouter(broker), clock=SystemClock()
-        )
-        batch = [_record(topic, offset, b"not json") for offset in range(5)]
+    spec = _counting_group().specs[0]
+    batch = [_record(spec.topics[0].name, offset, b"not json") for offset in range(5)]
+    async with _pipeline_deps(kafka, session_factory) as deps:
         reports = await asyncio.gather(
             *(HandlerRunner(spec, spec.name, deps).process(batch) for _ in range(3))
         )
-    finally:
-        await broker.stop()
     assert sum(report.dead_lettered for report in reports) == 5
     letters = await _all_dead_letters(kafka, spec.name)
     assert sorted(letter["x-original-offset"] for letter in letters) == ["0", "1", "2", "3", "4"]
