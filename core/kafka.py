@@ -34,30 +34,9 @@ def _security(settings: KafkaSettings) -> BaseSecurity | None:
     return None
 
 
-class ConcurrentStartBroker(KafkaBroker):
-    """A broker that starts its subscribers together instead of one after another.
-
-    Each aiokafka consumer's start waits for its group's first assignment, which costs a rebalance
-    when another process is already in the group: a process with a hundred consumers, restarted
-    next to a running one, took minutes to join its last group, which had no member meanwhile.
-    """
-
-    async def start(self) -> None:
-        await self.connect()
-        try:
-            async with asyncio.TaskGroup() as starting:
-                for subscriber in self.subscribers:
-                    starting.create_task(subscriber.start())
-        except BaseExceptionGroup as failed:  # the first failure, as a sequential start would raise it
-            raise failed.exceptions[0] from None
-        for publisher in self.publishers:
-            await publisher.start()
-        self.running = True
-
-
 def create_broker(settings: KafkaSettings, **options: Any) -> KafkaBroker:
     """A broker whose producer is idempotent with acks=all: a publish is durable or it fails."""
-    return ConcurrentStartBroker(
+    return KafkaBroker(
         settings.bootstrap_servers,
         client_id=settings.client_id,
         security=_security(settings),
