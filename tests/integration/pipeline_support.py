@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -124,17 +125,29 @@ class RawProducer:
         await self._producer.send_and_wait(topic, value, key=key, headers=list(headers))
 
 
-async def dead_letters_for(
-    settings: Settings, handler: str, expected: int, within: float = 30
-) -> list[dict[str, str]]:
-    """Read the dead-letter topic until `expected` records of `handler` are seen."""
-    consumer = AIOKafkaConsumer(
+def _dead_letter_reader(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
         "dianabot.dead_letters",
         bootstrap_servers=settings.kafka.bootstrap_servers,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
     )
+
+
+def _letter_of(record: ConsumerRecord[bytes, bytes], handler: str) -> dict[str, str] | None:
+    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
+    if headers.get("x-dlq-handler") != handler:
+        return None
+    headers["__value__"] = (record.value or b"").decode("utf-8", "replace")
+    return headers
+
+
+async def dead_letters_for(
+    settings: Settings, handler: str, expected: int, within: float = 30
+) -> list[dict[str, str]]:
+    """Read the dead-letter topic until `expected` records of `handler` are seen."""
+    consumer = _dead_letter_reader(settings)
     await consumer.start()
     found: list[dict[str, str]] = []
     try:
@@ -142,11 +155,24 @@ async def dead_letters_for(
         while len(found) < expected and asyncio.get_running_loop().time() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
-                for record in records:
-                    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
-                    if headers.get("x-dlq-handler") == handler:
-                        headers["__value__"] = (record.value or b"").decode("utf-8", "replace")
-                        found.append(headers)
+                found += [letter for r in records if (letter := _letter_of(r, handler)) is not None]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def all_dead_letters(settings: Settings, handler: str, settle_s: float = 3.0) -> list[dict[str, str]]:
+    """Every record of `handler` on the dead-letter topic, read until nothing new came for `settle_s`."""
+    consumer = _dead_letter_reader(settings)
+    await consumer.start()
+    found: list[dict[str, str]] = []
+    try:
+        quiet_since = asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - quiet_since < settle_s:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                quiet_since = asyncio.get_running_loop().time()
+                found += [letter for r in records if (letter := _letter_of(r, handler)) is not None]
     finally:
         await consumer.stop()
     return found

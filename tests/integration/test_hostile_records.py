@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,6 +28,7 @@ from core.pipeline.runner import HandlerRunner, PipelineDeps
 from core.settings import Settings
 from tests.integration.pipeline_support import (
     RawProducer,
+    all_dead_letters,
     effects_of,
     ensure_effects_table,
     record_effect,
@@ -55,32 +55,6 @@ def _counting_group() -> HandlerGroup:
         await record_effect(ctx, group.specs[0].name, ctx.envelope.key, event.user_id)
 
     return group
-
-
-async def _all_dead_letters(settings: Settings, handler: str, settle_s: float = 3.0) -> list[dict[str, str]]:
-    """Every record of `handler` on the dead-letter topic, read until nothing new came for `settle_s`."""
-    consumer = AIOKafkaConsumer(
-        "dianabot.dead_letters",
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    found: list[dict[str, str]] = []
-    try:
-        quiet_since = asyncio.get_running_loop().time()
-        while asyncio.get_running_loop().time() - quiet_since < settle_s:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                quiet_since = asyncio.get_running_loop().time()
-                for record in records:
-                    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
-                    if headers.get("x-dlq-handler") == handler:
-                        found.append(headers)
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def _wait_for_effects(
@@ -122,7 +96,7 @@ async def test_the_three_records_that_stopped_a_lane_are_dead_lettered_once_and_
 
     effects = await effects_of(session_factory, spec.name)
     assert sorted(e.seq for e in effects) == [1, 2, 3, 4, 5]  # the null-header record is a valid event
-    letters = await _all_dead_letters(kafka, spec.name)
+    letters = await all_dead_letters(kafka, spec.name)
     assert sorted(letter["x-dlq-reason"] for letter in letters) == [
         "malformed: body holds an integer too long to decode (over 4,300 digits)",
         "malformed: body is nested too deeply to decode",
@@ -174,7 +148,7 @@ async def test_a_batch_read_again_after_a_rewind_dead_letters_nothing_twice(
         again = await runner.process(batch)  # what a rewind does: the same records, read again
     assert (first.dead_lettered, first.handled) == (2, 1)
     assert (again.dead_lettered, again.duplicates) == (0, 1)
-    letters = await _all_dead_letters(kafka, spec.name)
+    letters = await all_dead_letters(kafka, spec.name)
     assert sorted(letter["x-original-offset"] for letter in letters) == ["0", "2"]
 
 
@@ -189,7 +163,7 @@ async def test_two_passes_over_the_same_record_at_once_dead_letter_it_once(
             *(HandlerRunner(spec, spec.name, deps).process(batch) for _ in range(3))
         )
     assert sum(report.dead_lettered for report in reports) == 5
-    letters = await _all_dead_letters(kafka, spec.name)
+    letters = await all_dead_letters(kafka, spec.name)
     assert sorted(letter["x-original-offset"] for letter in letters) == ["0", "1", "2", "3", "4"]
 
 
@@ -220,7 +194,7 @@ async def test_a_dead_letter_kafka_will_not_take_is_kept_in_postgresql_and_the_l
     assert reason == "malformed: body is not JSON"
     assert publish_error.startswith("MessageSizeTooLargeError")
     assert (published_at, key, size) == (None, b"big", len(too_big))
-    assert await _all_dead_letters(kafka, spec.name, settle_s=1) == []
+    assert await all_dead_letters(kafka, spec.name, settle_s=1) == []
 
 
 # Writes one record whose header key is not UTF-8: aiokafka's pure-Python builder encodes keys by
@@ -261,5 +235,5 @@ async def test_a_header_key_that_is_not_utf8_does_not_stop_the_partition(
         await _wait_for_effects(session_factory, spec.name, 3)
 
     assert sorted(e.seq for e in await effects_of(session_factory, spec.name)) == [1, 2, 3]
-    letters = await _all_dead_letters(kafka, spec.name)
+    letters = await all_dead_letters(kafka, spec.name)
     assert [letter["x-dlq-reason"] for letter in letters] == ["malformed: body is not JSON"]
