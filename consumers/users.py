@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, update
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 
 from contracts.events import UserActivity, UserRegistered
 from core.models import Balance, User
-from core.pipeline.handlers import HandlerContext, HandlerGroup
+from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
 
 handlers = HandlerGroup("users")
 
@@ -28,11 +31,28 @@ async def users_register_task(event: UserRegistered, ctx: HandlerContext) -> Non
     await ctx.session.execute(insert(Balance).values(user_id=event.user_id).on_conflict_do_nothing())
 
 
-@handlers.handler(UserActivity, action="record_activity", timeout_s=10)
-async def users_record_activity_task(event: UserActivity, ctx: HandlerContext) -> None:
-    """Move last_active_at forward (never back: activity events may arrive out of order)."""
+# Activity is the bot's busiest event and commutative (only each user's latest time matters), so
+# a batch is coalesced: one statement for all its users, one round trip per batch.
+_MOVE_LAST_ACTIVE_FORWARD = text(
+    """
+    UPDATE users AS u
+    SET last_active_at = GREATEST(COALESCE(u.last_active_at, latest.at), latest.at)
+    FROM unnest(CAST(:user_ids AS bigint[]), CAST(:ats AS timestamptz[])) AS latest(user_id, at)
+    WHERE u.id = latest.user_id
+    """
+)
+
+
+@handlers.batch_handler(UserActivity, action="record_activity", timeout_s=10)
+async def users_record_activity_task(events: Sequence[Delivery[UserActivity]], ctx: BatchContext) -> None:
+    """Move each user's last_active_at forward to their latest activity in the batch (never back:
+    activity events may arrive out of order)."""
+    latest: dict[int, datetime] = {}
+    for delivery in events:
+        event = delivery.payload
+        if event.user_id not in latest or event.at > latest[event.user_id]:
+            latest[event.user_id] = event.at
+    user_ids = sorted(latest)  # one lock order for every batch: concurrent batches cannot deadlock
     await ctx.session.execute(
-        update(User)
-        .where(User.id == event.user_id)
-        .values(last_active_at=func.greatest(func.coalesce(User.last_active_at, event.at), event.at))
+        _MOVE_LAST_ACTIVE_FORWARD, {"user_ids": user_ids, "ats": [latest[u] for u in user_ids]}
     )

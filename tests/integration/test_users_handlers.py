@@ -167,3 +167,33 @@ async def test_a_malformed_registration_is_dead_lettered_with_its_reason(
         "malformed: user.registered payload schema violation: telegram_id: Field required"
     }
     assert await _users(session_factory, user_id) == 0
+
+
+async def test_a_batch_of_activity_keeps_each_users_latest_time_once(
+    kafka: InMemory, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    first, second = _new_user_id(), _new_user_id()
+    for user_id in (first, second):
+        await _publish(kafka.broker, _envelope(UserRegistered(user_id=user_id, telegram_id=user_id)))
+    noon = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+    times = {first: [noon, noon + timedelta(minutes=7), noon - timedelta(hours=2)], second: [noon]}
+    envelopes = [_envelope(UserActivity(user_id=u, at=at)) for u, ats in times.items() for at in ats]
+    records = [KafkaResponse(e.to_body(), key=e.key.encode(), headers=e.to_headers()) for e in envelopes]
+
+    # One batch, out of order, with the first event redelivered inside it: one coalesced update.
+    await kafka.broker.publish_batch(*records, records[0], topic=USERS.name)
+
+    async with session_factory() as session:
+        latest = dict(
+            (await session.execute(select(User.id, User.last_active_at).where(User.id.in_(times)))).all()
+        )
+        claimed = await session.scalar(
+            select(func.count())
+            .select_from(ProcessedEvent)
+            .where(
+                ProcessedEvent.consumer == RECORD_ACTIVITY,
+                ProcessedEvent.event_id.in_([e.event_id for e in envelopes]),
+            )
+        )
+    assert latest == {first: noon + timedelta(minutes=7), second: noon}
+    assert claimed == len(envelopes)
