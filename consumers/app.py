@@ -32,7 +32,7 @@ from core.pipeline.consumer import (
     TopicDeclaration,
     declare_topics,
     document_topics,
-    subscribe_handler,
+    subscribe_handlers,
     topic_declarations,
 )
 from core.pipeline.handlers import HandlerGroup
@@ -115,17 +115,15 @@ def build_consumers(
     )
     router = KafkaRouter()
     declarations = topic_declarations()
-    names = []
-    for group in groups:
-        for spec in group.specs:
-            declarations += subscribe_handler(
-                router,
-                spec,
-                deps,
-                session_timeout_ms=settings.kafka.session_timeout_ms,
-                heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
-            )
-            names.append(spec.name)
+    specs = [spec for group in groups for spec in group.specs]
+    declarations += subscribe_handlers(
+        router,
+        specs,
+        deps,
+        session_timeout_ms=settings.kafka.session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
+    )
+    names = [spec.name for spec in specs]
     document_topics(router)
     broker.include_router(router)
     relay = OutboxRelay(

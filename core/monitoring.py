@@ -33,6 +33,7 @@ from core.jobs import JobRun, JobRunStatus
 from core.kafka import admin_client
 from core.lag import DEFAULT_PREFIX, GroupLag, group_lags, log_bounds
 from core.pipeline.errors import describe
+from core.pipeline.handlers import is_retry_group
 from core.settings import KafkaSettings
 from core.stranded import parked_outbox_check, stored_dead_letter_check
 from core.watchdog import DATABASE_KEY, KAFKA_KEY, Probe, database_probe, kafka_probe
@@ -109,7 +110,7 @@ def lag_findings(lags: Iterable[GroupLag], settings: MonitoringSettings) -> Chec
     totals: dict[str, int] = defaultdict(int)
     topics: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for lag in lags:
-        if ".retry." in lag.group or lag.group.startswith(settings.lag_ignored_prefixes):
+        if is_retry_group(lag.group) or lag.group.startswith(settings.lag_ignored_prefixes):
             continue
         totals[lag.group] += lag.lag
         topics[lag.group][lag.topic] += lag.lag

@@ -39,8 +39,8 @@ def _group_partitions(lanes: list[Lane]) -> dict[str, list[TopicPartition]]:
     found: dict[str, list[TopicPartition]] = {}
     for lane in lanes:
         found[lane.group] = [TopicPartition(lane.topic, p) for p in range(lane.partitions)]
-        for retry in lane.retry_groups:
-            found[retry] = [TopicPartition(retry, p) for p in range(lane.partitions)]
+        retries = found.setdefault(lane.retry_group, [])
+        retries += [TopicPartition(t, p) for t in lane.retry_topics for p in range(lane.partitions)]
     return found
 
 

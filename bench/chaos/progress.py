@@ -134,7 +134,9 @@ class Watch:
         positions = await _positions(admin, offsets, stage0)
         self.samples.append(Sample(at, positions))
         if count % 5 == 0:
-            retries = {(g, g, lane.partitions) for lane in self.lanes for g in lane.retry_groups}
+            retries = {
+                (lane.retry_group, t, lane.partitions) for lane in self.lanes for t in lane.retry_topics
+            }
             retry_positions = await _positions(admin, offsets, retries)
             self.retry_lag = sum(max(0, end - committed) for committed, end in retry_positions.values())
             self.retry_lag_at = at

@@ -13,19 +13,21 @@ from dataclasses import dataclass
 from consumers.registry import HANDLER_GROUPS
 from contracts.topics import TOPICS, TopicSpec
 from core.pipeline.consumer import TopicDeclaration
-from core.pipeline.handlers import HandlerGroup
+from core.pipeline.handlers import HandlerGroup, retry_group
 
 
 @dataclass(frozen=True)
 class Lane:
-    """One handler on one topic: its stage-0 consumer group and its retry groups (= retry topics)."""
+    """One handler on one topic: its stage-0 consumer group, its retry topics, and the group that
+    reads them (shared by every handler of the topic)."""
 
     handler: str
     topic: str
     partitions: int
     group: str
     event_types: frozenset[str]
-    retry_groups: tuple[str, ...]
+    retry_topics: tuple[str, ...]
+    retry_group: str
 
 
 def service_lanes(groups: Iterable[HandlerGroup] = HANDLER_GROUPS) -> list[Lane]:
@@ -35,7 +37,17 @@ def service_lanes(groups: Iterable[HandlerGroup] = HANDLER_GROUPS) -> list[Lane]
             for topic in spec.topics:
                 name = spec.group_for(topic)
                 retries = tuple(spec.retry_topic(name, n) for n in range(1, len(spec.retry_delays_s) + 1))
-                lanes.append(Lane(spec.name, topic.name, topic.partitions, name, spec.event_types, retries))
+                lanes.append(
+                    Lane(
+                        spec.name,
+                        topic.name,
+                        topic.partitions,
+                        name,
+                        spec.event_types,
+                        retries,
+                        retry_group(topic.name),
+                    )
+                )
     return lanes
 
 
@@ -58,6 +70,6 @@ def declarations(lanes: Iterable[Lane]) -> list[TopicDeclaration]:
     found = {spec.name: TopicDeclaration(spec.name, spec.partitions, spec.retention_ms) for spec in TOPICS}
     for lane in lanes:
         retention = topic_spec(lane.topic).retention_ms
-        for retry in lane.retry_groups:
+        for retry in lane.retry_topics:
             found[retry] = TopicDeclaration(retry, lane.partitions, retention)
     return list(found.values())

@@ -1,10 +1,14 @@
 """FastStream wiring: every handler becomes batch consumers with manual commits.
 
-For each handler and each topic lane it listens to, one consumer group reads the source topic,
-and one more group per retry topic (``{group}.retry.{n}``, named like its topic: separate groups,
-so a retry consumer joining or leaving never rebalances the main one). Offsets are
-committed (``message.ack()``) only after the batch's effects are committed and its failures are
-durably re-published; an infrastructure failure rewinds the batch (``message.nack()``) and backs off.
+For each handler and each topic lane it listens to, one consumer group reads the source topic.
+Its retries go to one topic per attempt (``{group}.retry.{n}``); all retry topics of the handlers
+of one source topic are read by one shared group (``{topic}.retries``), so a process runs one
+retry consumer per lane instead of one per handler and attempt (idle consumers cost CPU: each
+polls and heartbeats). A retry record not due soon pauses its partition until it is due rather
+than holding the shared poll loop (see ``RetryConsumer``). Critical and bulk lanes keep separate
+retry consumers, as they keep separate main ones. Offsets are committed (``message.ack()``) only
+after the batch's effects are committed and its failures are durably re-published; an
+infrastructure failure rewinds the batch (``message.nack()``) and backs off.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from types import MethodType
@@ -21,6 +26,7 @@ from typing import Annotated, Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
@@ -29,16 +35,23 @@ from contracts.schema import DocumentedAs, record_type, topic_record_type
 from contracts.topics import TOPICS, TopicSpec
 from core import metrics
 from core.pipeline import lenient_records
-from core.pipeline.handlers import HandlerSpec
+from core.pipeline.handlers import HandlerSpec, retry_group
 from core.pipeline.records import Record, header_text
 from core.pipeline.routing import longest_wait_s
-from core.pipeline.runner import HandlerRunner, PipelineDeps
+from core.pipeline.runner import BatchReport, Deferred, HandlerRunner, PipelineDeps, first_error
 
 logger = logging.getLogger("dianabot.pipeline")
 
 MAX_BACKOFF_S = 30.0
 POLL_MARGIN_S = 300.0
+# How often an idle consumer wakes: its long poll, its fetch's wait at the broker, and aiokafka's
+# background fetch loop (``consumer_timeout_ms``, 200 ms by default: five wake-ups a second per
+# consumer, each walking every assigned partition, was most of an idle process's CPU). Records and
+# rebalances wake them at once; only a partition resumed after a pause waits for the next fetch.
 IDLE_POLL_MS = 5_000
+# A shared retry consumer waits in the batch for records due this soon; a later one pauses its
+# partition until due (then it is fetched within IDLE_POLL_MS).
+RETRY_WAIT_UP_TO_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -85,28 +98,75 @@ class BatchConsumer:
 
     def __init__(self, runner: HandlerRunner) -> None:
         self.runner = runner
+        self.group = runner.group
         self._backoff_s = 0.0
 
     async def consume(self, message: Any) -> None:
         records: tuple[Record, ...] = message.raw_message
         try:
-            await self.runner.process(records)
+            report = await self.process(records)
         except Exception as error:  # whatever failed, the batch is re-read: never skipped
             self._backoff_s = min(MAX_BACKOFF_S, max(0.5, self._backoff_s * 2))
-            metrics.CONSUMER_STALLS.labels(self.runner.group).inc()
+            metrics.CONSUMER_STALLS.labels(self.group).inc()
             logger.error(
                 "batch of %d rewound after %s: %s; retrying in %.1fs",
                 len(records),
                 type(error).__name__,
                 error,
                 self._backoff_s,
-                extra={"group": self.runner.group},
+                extra={"group": self.group},
             )
             await message.nack()
             await asyncio.sleep(self._backoff_s)
             return
         self._backoff_s = 0.0
+        if report.deferred:
+            _defer(message.consumer, report.deferred, self.runner.deps.clock.now())
         await message.ack()
+
+    async def process(self, records: tuple[Record, ...]) -> BatchReport:
+        return await self.runner.process(records)
+
+
+class RetryConsumer(BatchConsumer):
+    """One consumer for the retry topics of several handlers: each topic's records go to the
+    runner of that handler and attempt, all topics of the batch at once."""
+
+    def __init__(self, runners: Mapping[str, HandlerRunner], group: str) -> None:
+        super().__init__(next(iter(runners.values())))
+        self.runners = runners
+        self.group = group
+
+    async def process(self, records: tuple[Record, ...]) -> BatchReport:
+        by_topic: dict[str, list[Record]] = defaultdict(list)
+        for record in records:
+            by_topic[record.topic].append(record)
+        report = BatchReport()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                runs = [tasks.create_task(self.runners[t].process(rs)) for t, rs in by_topic.items()]
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        for run in runs:
+            report.add(run.result())
+        return report
+
+
+def _defer(consumer: AIOKafkaConsumer, deferred: Iterable[Deferred], now: Any) -> None:
+    """Rewind each deferred partition to its waiting record and pause it until that is due; the
+    commit that follows stores the rewound position, so the record is re-read after a crash too.
+    A rebalance forgets pauses: the record is then read again and deferred again."""
+    loop = asyncio.get_running_loop()
+    for item in deferred:
+        partition = TopicPartition(item.topic, item.partition)
+        consumer.seek(partition, item.offset)
+        consumer.pause(partition)
+        loop.call_later(max(0.0, (item.due_at - now).total_seconds()), _resume, consumer, partition)
+
+
+def _resume(consumer: AIOKafkaConsumer, partition: TopicPartition) -> None:
+    if partition in consumer.assignment():
+        consumer.resume(partition)
 
 
 def max_poll_interval_ms(spec: HandlerSpec[Any], stage: int) -> int:
@@ -121,64 +181,94 @@ def max_poll_interval_ms(spec: HandlerSpec[Any], stage: int) -> int:
     return int((waiting_s + working_s + POLL_MARGIN_S) * 1000)
 
 
-def subscribe_handler(
-    router: KafkaRouter, spec: HandlerSpec[Any], deps: PipelineDeps, **consumer_options: Any
+def subscribe_handlers(
+    router: KafkaRouter, specs: Iterable[HandlerSpec[Any]], deps: PipelineDeps, **consumer_options: Any
 ) -> list[TopicDeclaration]:
-    """Register the consumers of one handler; return the retry topics it needs declared."""
+    """Register every handler's consumers and the shared retry consumer of each source topic;
+    return the retry topics to declare."""
     lenient_records.install()
     declarations: list[TopicDeclaration] = []
-    for topic in spec.topics:
-        group = spec.group_for(topic)
-        stages = [(0, topic.name, group, max_poll_interval_ms(spec, 0))]
-        for attempt in range(1, len(spec.retry_delays_s) + 1):
-            retry_topic = spec.retry_topic(group, attempt)
-            declarations.append(TopicDeclaration(retry_topic, topic.partitions, topic.retention_ms))
-            stages.append((attempt, retry_topic, retry_topic, max_poll_interval_ms(spec, attempt)))
-        for stage, topic_name, group_id, poll_interval_ms in stages:
-            consumer = BatchConsumer(HandlerRunner(spec, group, deps, stage=stage))
-            # A long poll: it returns at the first record (see _long_poll), so it only sets how often
-            # an idle consumer wakes up.
-            options = {
-                "batch_timeout_ms": IDLE_POLL_MS,
-                "fetch_max_wait_ms": IDLE_POLL_MS,
-                **consumer_options,
-            }
-            _register(router, consumer, topic_name, group_id, spec, poll_interval_ms, options)
+    retry_runners: dict[str, dict[str, HandlerRunner]] = defaultdict(dict)
+    retry_specs: dict[str, list[HandlerSpec[Any]]] = defaultdict(list)
+    options = {
+        "batch_timeout_ms": IDLE_POLL_MS,
+        "fetch_max_wait_ms": IDLE_POLL_MS,
+        "consumer_timeout_ms": IDLE_POLL_MS,
+        **consumer_options,
+    }
+    for spec in specs:
+        for topic in spec.topics:
+            group = spec.group_for(topic)
+            consumer = BatchConsumer(HandlerRunner(spec, group, deps))
+            documented = f"{spec.name} handles {', '.join(sorted(spec.event_types))}"
+            _register(
+                router,
+                consumer,
+                [topic.name],
+                group,
+                documented,
+                spec.batch_size,
+                max_poll_interval_ms(spec, 0),
+                options,
+            )
+            for attempt in range(1, len(spec.retry_delays_s) + 1):
+                retry_topic = spec.retry_topic(group, attempt)
+                declarations.append(TopicDeclaration(retry_topic, topic.partitions, topic.retention_ms))
+                retry_runners[topic.name][retry_topic] = HandlerRunner(
+                    spec, group, deps, stage=attempt, wait_up_to_s=RETRY_WAIT_UP_TO_S
+                )
+            retry_specs[topic.name].append(spec)
+    for source, runners in retry_runners.items():
+        group = retry_group(source)
+        lane_specs = retry_specs[source]
+        _register(
+            router,
+            RetryConsumer(runners, group),
+            sorted(runners),
+            group,
+            "retries of " + ", ".join(sorted(s.name for s in lane_specs)),
+            min(s.batch_size for s in lane_specs),  # no handler gets a bigger batch than it asked for
+            max(max_poll_interval_ms(s, 0) for s in lane_specs) + int(RETRY_WAIT_UP_TO_S * 1000),
+            options,
+        )
     return declarations
 
 
 def _register(
     router: KafkaRouter,
     consumer: BatchConsumer,
-    topic: str,
+    topics: list[str],
     group: str,
-    spec: HandlerSpec[Any],
+    documented: str,
+    batch_size: int,
     poll_ms: int,
     options: dict[str, Any],
 ) -> None:
-    event_types = ", ".join(sorted(spec.event_types))
+    runners = consumer.runners.values() if isinstance(consumer, RetryConsumer) else [consumer.runner]
+    events = tuple({e for r in runners for e in r.spec.events})
 
     async def handle(body: list[bytes], message: KafkaMessage) -> None:
         await consumer.consume(message)
 
     # AsyncAPI: FastStream documents a subscriber's message by the body's annotation. Validation
     # stays list[bytes]; DocumentedAs only replaces the documented schema with one record's: the
-    # envelope(s) this handler takes. Set as an object: a string annotation naming a local of this
+    # envelope(s) this consumer takes. Set as an object: a string annotation naming a local of this
     # function would not resolve once FastStream builds the handler's model.
-    handle.__annotations__["body"] = Annotated[list[bytes], DocumentedAs(record_type(spec.events))]
+    handle.__annotations__["body"] = Annotated[list[bytes], DocumentedAs(record_type(events))]
     subscriber = router.subscriber(
-        topic,
+        *topics,
         group_id=group,
         batch=True,
-        max_records=spec.batch_size,
+        max_records=batch_size,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         max_poll_interval_ms=poll_ms,
         parser=total_parser,
         decoder=raw_bodies,
-        title=f"{topic}:{group}",
-        description=f"Consumer group {group}: {spec.name} handles {event_types}. Batches of up to "
-        f"{spec.batch_size} records; each record's value is one event envelope (JSON), its key the "
+        # One topic: channel "{topic}:{group}"; several: FastStream names each "{title}:{topic}".
+        title=f"{topics[0]}:{group}" if len(topics) == 1 else group,
+        description=f"Consumer group {group}: {documented}. Batches of up to "
+        f"{batch_size} records; each record's value is one event envelope (JSON), its key the "
         "aggregate id.",
         **options,
     )

@@ -125,6 +125,16 @@ class HandlerSpec(Generic[P]):
         return f"{group}.retry.{attempt}"
 
 
+def retry_group(source_topic: str) -> str:
+    """The one consumer group that reads every retry topic of the handlers of `source_topic`."""
+    return f"{source_topic}.retries"
+
+
+def is_retry_group(group: str) -> bool:
+    """Retry groups lag by design: their records wait for their due time."""
+    return group.endswith(".retries") or ".retry." in group
+
+
 class HandlerGroup:
     """The handlers of one domain module (the seed's `{module}_tasks.py`)."""
 

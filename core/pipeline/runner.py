@@ -68,6 +68,17 @@ class PipelineDeps:
     services: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A retry partition stopped at its first record that is not due soon: the consumer rewinds the
+    partition to it and pauses it until ``due_at`` instead of holding the poll loop that long."""
+
+    topic: str
+    partition: int
+    offset: int
+    due_at: datetime
+
+
 @dataclass
 class BatchReport:
     handled: int = 0
@@ -75,20 +86,38 @@ class BatchReport:
     ignored: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    deferred: list[Deferred] = field(default_factory=list)
 
     def add(self, other: BatchReport) -> None:
-        for name in vars(self):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
 class HandlerRunner:
-    """Runs one handler over batches from one consumer group; `stage` 0 is the source topic."""
+    """Runs one handler over batches from one consumer group; `stage` 0 is the source topic.
 
-    def __init__(self, spec: HandlerSpec[Any], group: str, deps: PipelineDeps, *, stage: int = 0) -> None:
+    On a retry stage, a record due within ``wait_up_to_s`` is waited for in the batch; one due later
+    stops its partition there (``BatchReport.deferred``) when the consumer can pause partitions,
+    so a consumer shared by several retry topics never sleeps through another topic's due records.
+    """
+
+    def __init__(
+        self,
+        spec: HandlerSpec[Any],
+        group: str,
+        deps: PipelineDeps,
+        *,
+        stage: int = 0,
+        wait_up_to_s: float | None = None,
+    ) -> None:
         self.spec = spec
         self.group = group
         self.deps = deps
         self.stage = stage
+        self.wait_up_to_s = wait_up_to_s
         self._dead_letters = DeadLetters(deps.session_factory, deps.router)
 
     async def process(self, records: Sequence[Record]) -> BatchReport:
@@ -107,7 +136,7 @@ class HandlerRunner:
                 async with asyncio.TaskGroup() as tasks:
                     waits = [tasks.create_task(self._handle_when_due(es)) for es in by_partition.values()]
             except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+                raise first_error(group) from None
             for wait in waits:
                 report.add(wait.result())
         elif len(events) > 1 and await self._handle_together(events, report):
@@ -137,7 +166,14 @@ class HandlerRunner:
         report = BatchReport()
         for event in events:
             if event.due_at is not None:
-                await self.deps.clock.sleep_until(min(event.due_at, self._latest_due()))
+                due = min(event.due_at, self._latest_due())
+                wait_s = (due - self.deps.clock.now()).total_seconds()
+                if self.wait_up_to_s is not None and wait_s > self.wait_up_to_s:
+                    record = event.record
+                    # The rest of the partition waits behind it: retries keep their order.
+                    report.deferred.append(Deferred(record.topic, record.partition, record.offset, due))
+                    return report
+                await self.deps.clock.sleep_until(due)
             report.add(await self._handle_alone(event))
         return report
 
@@ -375,12 +411,12 @@ class HandlerRunner:
             raise InfrastructureError(f"database unreachable: {type(probe_error).__name__}") from error
 
     def _count(self, report: BatchReport) -> None:
-        for outcome, count in vars(report).items():
+        for outcome, count in report.counts().items():
             if count:
                 metrics.EVENTS.labels(self.spec.name, outcome).inc(count)
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error to report for a failed task group: an outage first, else the first failure."""
     errors = list(group.exceptions)
     return next((e for e in errors if isinstance(e, InfrastructureError)), errors[0])

@@ -194,3 +194,36 @@ async def test_a_handler_over_its_time_limit_is_retried_then_dead_lettered(
     assert letters[0]["x-dlq-attempts"] == "2"
     assert set(calls) == {0, 1}
     assert elapsed < 4  # the 5 s sleep was cut off by the 0.2 s limit each time
+
+
+async def test_a_retry_due_later_never_holds_up_another_handlers_retry_in_the_shared_consumer(
+    kafka: Settings, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    topic = unique_topic(partitions=1)
+    group = HandlerGroup(f"t{uuid.uuid4().hex[:8]}")
+    first_seen: dict[str, float] = {}
+    handled_at: dict[str, list[float]] = defaultdict(list)
+
+    def failing_once(action: str, delay_s: float) -> None:
+        @group.handler(
+            UserActivity, action=action, topics=(topic,), retry_delays_s=(delay_s,), retry_jitter=0
+        )
+        async def handle(event: UserActivity, ctx: HandlerContext) -> None:
+            if ctx.attempt == 0:
+                first_seen.setdefault(action, time.monotonic())
+                raise TransientError("briefly down")
+            handled_at[action].append(time.monotonic())
+            await record_effect(ctx, f"{group.module}.{action}", ctx.envelope.key, ctx.attempt)
+
+    failing_once("late", 8.0)  # its retry pauses its partition instead of sleeping in the batch
+    failing_once("soon", 0.5)
+    async with RawProducer(kafka) as producer, running_consumers(kafka, [group]):
+        await producer.send_event(topic.name, _activity(1))
+        for name in ("soon", "late"):
+            await _wait_for_effects(session_factory, f"{group.module}.{name}", 1, within=40)
+        await asyncio.sleep(1)  # a second handling would show up here
+
+    # Both retry topics are read by one consumer group of the topic.
+    assert len(handled_at["soon"]) == len(handled_at["late"]) == 1
+    assert handled_at["soon"][0] - first_seen["soon"] < 4.0  # not behind the late one's 8 s
+    assert handled_at["late"][0] - first_seen["late"] >= 8.0  # and the late one not early
