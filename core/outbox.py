@@ -46,6 +46,7 @@ from contracts.topics import topic_for
 from core import metrics
 from core.advisory_lease import AdvisoryLease, LeaseLost
 from core.models import OutboxEvent
+from core.outbox_wakeups import OutboxWakeups
 from core.publisher import CONTENT_TYPE, EventPublisher
 from core.record_limits import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -125,6 +126,7 @@ class OutboxRelay:
         *,
         batch_size: int = 500,
         poll_interval_s: float = 0.2,
+        idle_poll_s: float = 5.0,
         standby_retry_s: float = 1.0,
         ack_timeout_s: float = 60.0,
         max_backoff_s: float = 30.0,
@@ -139,6 +141,7 @@ class OutboxRelay:
         self._publisher = publisher
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
+        self._idle_poll_s = idle_poll_s
         self._standby_retry_s = standby_retry_s
         self._ack_timeout_s = ack_timeout_s
         self._max_backoff_s = max_backoff_s
@@ -315,9 +318,12 @@ class OutboxRelay:
         keeper = asyncio.create_task(lease.keep(), name="outbox-relay-lease")
         self._fence = lease.check
         backoff = _Backoff(self._max_backoff_s)
+        # Only the leader listens: a standby has nothing to publish.
+        wakeups = OutboxWakeups(self._engine().url)
         try:
             while not stop.is_set():
                 lease.check()  # LeaseLost leaves the leadership
+                wakeups.arm()
                 try:
                     published = await self.relay_once()
                 except LeaseLost:
@@ -328,8 +334,9 @@ class OutboxRelay:
                     continue
                 backoff.reset()
                 if published == 0:
-                    await _sleep(stop, self._poll_interval_s)
+                    await wakeups.wait(stop, self._poll_interval_s, self._idle_poll_s)
         finally:
+            await wakeups.close()
             self._fence = None
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -381,3 +381,31 @@ async def test_the_writers_trace_continues_through_the_telemetry_middleware(
     [record] = await read_topic(kafka, topic, partitions=1)
     assert record.event_id == written.event_id
     assert record.headers["traceparent"].split("-")[1] == format(trace_id, "032x")
+
+
+# --- an idle relay sleeps until a row is written ------------------------------------------------
+
+
+async def test_an_idle_relay_wakes_when_a_row_is_committed_not_at_its_next_poll(
+    kafka: Settings, session_factory: SessionFactory, new_topic: NewTopic, publisher: EventPublisher
+) -> None:
+    topic = await new_topic(partitions=1)
+    # Polls only every 60 s while it listens: a row published sooner was announced by NOTIFY.
+    relay = OutboxRelay(session_factory, publisher, topics={topic}, lock_key=new_lock_key(), idle_poll_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await write(session_factory, topic, [activity(1, 0)], per_transaction=1)
+        await all_published(session_factory, topic, within=15)  # leading, listening, idle
+        await asyncio.sleep(1)
+        started = time.monotonic()
+        await write(session_factory, topic, [activity(1, i) for i in range(1, 4)], per_transaction=3)
+        await all_published(session_factory, topic, within=30)
+        woke_after = time.monotonic() - started
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    assert task.exception() is None
+    assert woke_after < 3
+    records = await read_topic(kafka, topic, partitions=1)
+    assert len(records) == 4
