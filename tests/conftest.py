@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from alembic import command
@@ -77,3 +78,38 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture(scope="session")
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return create_session_factory(engine)
+
+
+def _open_kafka_connections() -> dict[int, str]:
+    from aiokafka.conn import AIOKafkaConnection
+
+    return {
+        id(o): str(o._client_id)
+        for o in gc.get_objects()
+        if isinstance(o, AIOKafkaConnection) and o.connected()
+    }
+
+
+_OPENED_BY: dict[int, str] = {}  # open Kafka connection -> the test module that left it open
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _note_kafka_connections_left_open(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = _open_kafka_connections()
+    yield
+    for key, client in _open_kafka_connections().items():
+        if key not in before:
+            _OPENED_BY.setdefault(key, f"{request.module.__name__} ({client})")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_kafka_client_left_open() -> Iterator[None]:
+    """Every Kafka client a test starts must be closed: one left running leaks its sockets, which
+    surface only when the session's event loop closes, far from the test that caused them."""
+    yield
+    gc.collect()
+    left = [
+        _OPENED_BY.get(key, f"unknown module ({client})") for key, client in _open_kafka_connections().items()
+    ]
+    if left:
+        pytest.fail(f"{len(left)} Kafka connections left open by: {', '.join(sorted(set(left)))}")
