@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The bench extra (Celery, Redis client, psycopg) only for `make bench`, not for run or test.
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 up:
 	devstack/kafka/kafka.sh up
 	devstack/postgres/pg.sh up
@@ -47,7 +53,8 @@ test: venv up lint typecheck
 	$(LOCAL_ENV) $(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
-bench: venv up migrate
+bench: venv $(BENCH_STAMP) up migrate
+	devstack/redis/redis.sh up
 	$(LOCAL_ENV) $(BIN)/python -m bench.pipeline
 	$(LOCAL_ENV) $(BIN)/python -m bench.scheduler --seconds 60
 	$(LOCAL_ENV) $(BIN)/python -m bench.telegram
