@@ -184,9 +184,8 @@ async def test_a_batch_of_activity_keeps_each_users_latest_time_once(
     await kafka.broker.publish_batch(*records, records[0], topic=USERS.name)
 
     async with session_factory() as session:
-        latest = dict(
-            (await session.execute(select(User.id, User.last_active_at).where(User.id.in_(times)))).all()
-        )
+        rows = await session.execute(select(User.id, User.last_active_at).where(User.id.in_(times)))
+        latest = {user_id: at for user_id, at in rows}
         claimed = await session.scalar(
             select(func.count())
             .select_from(ProcessedEvent)

@@ -393,8 +393,8 @@ def test_asyncapi_lists_every_consumer_group_with_the_events_it_handles(built: B
 
     retry_handlers: dict[str, set[str]] = {}  # shared retry group -> the handlers whose retries it reads
     for spec in specs.values():
-        for topic in spec.topics:
-            retry_handlers.setdefault(retry_group(topic.name), set()).add(spec.name)
+        for lane in spec.topics:
+            retry_handlers.setdefault(retry_group(lane.name), set()).add(spec.name)
     for topic, group_id in built.subscriptions:  # source and retry consumers alike
         channel_name = f"{group_id}:{topic}" if group_id in retry_handlers else f"{topic}:{group_id}"
         channel = document["channels"][channel_name]
