@@ -57,17 +57,45 @@ def admin_client(settings: KafkaSettings, purpose: str = "admin") -> AIOKafkaAdm
     )
 
 
+async def start_admin_within(admin: AIOKafkaAdminClient, timeout_s: float) -> None:
+    """Start `admin`, or raise TimeoutError after `timeout_s`, without cancelling its start.
+
+    aiokafka leaks the socket of a connection whose start is cancelled after it connected and
+    before its handshake ended (an unclosed connection per timed-out probe, for the process's
+    life). The start runs on, bounded by the client's own request timeout, and the client is
+    closed when it ends; the caller only stops waiting for it.
+    """
+    starting = asyncio.ensure_future(admin.start())
+    try:
+        await asyncio.wait_for(asyncio.shield(starting), timeout_s)
+    except BaseException:
+        _close_when_done(admin, starting)
+        raise
+
+
+def _close_when_done(admin: AIOKafkaAdminClient, starting: asyncio.Future[None]) -> None:
+    def close(_: asyncio.Future[None]) -> None:
+        if not starting.cancelled():
+            starting.exception()  # retrieved: the caller reported the failure already
+        _CLOSING.add(closing := asyncio.ensure_future(admin.close()))
+        closing.add_done_callback(_CLOSING.discard)
+
+    starting.add_done_callback(close)
+
+
+_CLOSING: set[asyncio.Future[None]] = set()  # closes in flight, referenced until they end
+
+
 async def ensure_kafka_reachable(settings: KafkaSettings) -> None:
     """Ask the broker for its metadata, or fail with one line naming the address."""
     admin = admin_client(settings, "preflight")
     try:
-        await asyncio.wait_for(admin.start(), timeout=settings.connect_timeout_s)
+        await start_admin_within(admin, settings.connect_timeout_s)
     except Exception as error:
         raise KafkaUnreachableError(
             f"Kafka is unreachable at {settings.bootstrap_servers}: {type(error).__name__}"
         ) from None
-    finally:
-        await admin.close()
+    await admin.close()
 
 
 def _admin_security_options(settings: KafkaSettings) -> dict[str, Any]:

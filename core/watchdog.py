@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.findings import KEY_PREFIX, Finding
-from core.kafka import admin_client
+from core.kafka import admin_client, start_admin_within
 from core.pipeline.errors import describe
 from core.settings import KafkaSettings
 
@@ -49,9 +49,13 @@ def kafka_probe(kafka: KafkaSettings, timeout_s: float) -> Probe:
 
     async def probe() -> Finding | None:
         admin = admin_client(kafka, "monitoring-probe")
+        deadline = asyncio.get_running_loop().time() + timeout_s
         try:
-            async with asyncio.timeout(timeout_s):
-                await admin.start()
+            await start_admin_within(admin, timeout_s)  # never cancelled mid-connect: see there
+        except Exception as error:
+            return _unreachable(KAFKA_KEY, f"Kafka at {kafka.bootstrap_servers}", error, timeout_s)
+        try:
+            async with asyncio.timeout_at(deadline):
                 await admin.list_topics()
         except Exception as error:
             return _unreachable(KAFKA_KEY, f"Kafka at {kafka.bootstrap_servers}", error, timeout_s)
