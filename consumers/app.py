@@ -35,7 +35,7 @@ from core.pipeline.consumer import (
     subscribe_handlers,
     topic_declarations,
 )
-from core.pipeline.handlers import HandlerGroup
+from core.pipeline.handlers import PRODUCER, HandlerGroup
 from core.pipeline.routing import FailureRouter
 from core.pipeline.runner import PipelineDeps
 from core.publisher import EventPublisher
@@ -55,7 +55,6 @@ from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 from schedulers.settings import SchedulerSettings
 
 logger = logging.getLogger("dianabot.consumers")
-PRODUCER = "dianabot-jobs"
 
 
 @dataclass

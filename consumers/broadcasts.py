@@ -15,7 +15,6 @@ import logging
 
 from contracts.events import BroadcastRequested, NotificationRequested, Priority
 from contracts.topics import BROADCASTS, NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
-from core.outbox import add_to_outbox
 from core.pipeline.handlers import HandlerContext, HandlerGroup
 from core.telegram.broadcasts import (
     FanOutStep,
@@ -27,8 +26,6 @@ from core.telegram.broadcasts import (
 from core.telegram.sender import sender_from
 
 logger = logging.getLogger("dianabot.broadcasts")
-
-PRODUCER = "dianabot-jobs"
 
 
 async def emit_notifications(
@@ -49,14 +46,7 @@ async def emit_notifications(
             priority=event.priority,
             resend_if_unknown=resend_if_unknown,
         )
-        await add_to_outbox(
-            ctx.session,
-            message,
-            producer=PRODUCER,
-            caused_by=ctx.envelope,
-            event_id=recipient.event_id,
-            topic=lane.name,
-        )
+        await ctx.emit(message, event_id=recipient.event_id, topic=lane)
 
 
 def build_handlers(
@@ -81,14 +71,7 @@ def build_handlers(
         )
         if not step.done:
             next_step = continuation_event_id(event.broadcast_id, step.cursor)
-            await add_to_outbox(
-                ctx.session,
-                continuation_of(event),
-                producer=PRODUCER,
-                caused_by=ctx.envelope,
-                event_id=next_step,
-                topic=broadcasts.name,
-            )
+            await ctx.emit(continuation_of(event), event_id=next_step, topic=broadcasts)
         logger.info(
             "broadcast %s: queued %d, skipped %d blocked, %s",
             event.broadcast_id,

@@ -48,14 +48,12 @@ from core.domain.content import (
     upsert_scheduled_post,
 )
 from core.models import Channel, ChannelPost
-from core.outbox import add_to_outbox
 from core.pipeline.errors import PermanentError, TransientError, describe
 from core.pipeline.handlers import HandlerContext, HandlerGroup
 from core.telegram.sender import SendRequest, TelegramSender, sender_from
 
 logger = logging.getLogger("dianabot.content")
 
-PRODUCER = "dianabot-jobs"
 SETTINGS_KEY = "content"
 """The key of ``ContentSettings`` in the pipeline's ``services`` (defaults when absent)."""
 TIMEZONE_KEY = "timezone"
@@ -101,7 +99,7 @@ class Routes:
     alerts: TopicSpec = ALERTS
 
     async def emit(self, ctx: HandlerContext, payload: EventPayload, topic: TopicSpec) -> None:
-        await add_to_outbox(ctx.session, payload, producer=PRODUCER, caused_by=ctx.envelope, topic=topic.name)
+        await ctx.emit(payload, topic=topic)
 
 
 # --- handler -------------------------------------------------------------------------------------

@@ -73,11 +73,10 @@ from core.jobs import side_sessions
 from core.models import Channel, ChannelKind, MissionType, User
 from core.outbox import add_to_outbox
 from core.pipeline.errors import PermanentError
-from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
 
 logger = logging.getLogger("dianabot.gamification")
 
-PRODUCER = "dianabot-jobs"
 SETTINGS_KEY = "gamification"
 """The key of ``GamificationSettings`` in the pipeline's ``services`` (defaults when absent)."""
 TIMEZONE_KEY = "timezone"

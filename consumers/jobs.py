@@ -48,14 +48,13 @@ from core.models import OutboxEvent
 from core.outbox import add_to_outbox
 from core.pipeline import dead_letters, ledger
 from core.pipeline.errors import describe
-from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
 from core.telegram.broadcasts import purge_recipients_before
 from core.telegram.ledger import purge_sends_before
 from schedulers.jobs import JOBS_BY_NAME
 
 logger = logging.getLogger("dianabot.jobs")
 
-PRODUCER = "dianabot-jobs"
 # Time the bookkeeping around a job may take on top of the job's own time limit.
 BOOKKEEPING_S = 30.0
 

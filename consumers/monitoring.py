@@ -39,14 +39,13 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.jobs import PRODUCER, ScheduledJobs, jobs
+from consumers.jobs import ScheduledJobs, jobs
 from contracts.events import AlertRaised, AlertResolved, MessageContent, Priority, SchedulerTick
 from contracts.ids import derived_event_id
 from contracts.topics import ALERTS, TopicSpec
 from core import metrics
 from core.incidents import AlertIncident, Notice, open_incidents, record_raised, record_resolved
 from core.monitoring import HEARTBEAT_JOB, JobTotals, MonitoringSettings, cleared, job_totals, run_checks
-from core.outbox import add_to_outbox
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
 from core.settings import KafkaSettings
 from core.telegram.sender import SendRequest, TelegramSender, sender_from
@@ -147,9 +146,7 @@ async def scheduled_daily_job_summary(tick: SchedulerTick, ctx: HandlerContext) 
 async def _emit(
     ctx: HandlerContext, payload: AlertRaised | AlertResolved, event_id: Any, topic: TopicSpec
 ) -> None:
-    await add_to_outbox(
-        ctx.session, payload, producer=PRODUCER, caused_by=ctx.envelope, event_id=event_id, topic=topic.name
-    )
+    await ctx.emit(payload, event_id=event_id, topic=topic)
 
 
 def register_jobs(

@@ -57,7 +57,6 @@ from core.domain.subscriptions import (
 )
 from core.jobs import side_sessions
 from core.models import Channel, ChannelKind, Subscription, SubscriptionStatus, User, UserState
-from core.outbox import add_to_outbox
 from core.pipeline.errors import PermanentError
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
 from core.telegram.models import SendStatus, TelegramSend
@@ -66,7 +65,6 @@ from core.telegram.templates import TEMPLATES, render
 
 logger = logging.getLogger("dianabot.subscriptions")
 
-PRODUCER = "dianabot-jobs"
 SETTINGS_KEY = "subscriptions"
 """The key of ``SubscriptionSettings`` in the pipeline's ``services`` (defaults when absent)."""
 TIMEZONE_KEY = "timezone"
@@ -362,9 +360,7 @@ async def vip_channel(session: AsyncSession) -> int:
 
 async def _emit(ctx: HandlerContext, payload: EventPayload, event_id: UUID, topic: TopicSpec) -> None:
     """``ctx.emit`` with a deterministic id, on ``topic`` (the registry's, or a test's own)."""
-    await add_to_outbox(
-        ctx.session, payload, producer=PRODUCER, caused_by=ctx.envelope, event_id=event_id, topic=topic.name
-    )
+    await ctx.emit(payload, event_id=event_id, topic=topic)
 
 
 async def _user(session: AsyncSession, user_id: int, *, lock: bool = False) -> User:

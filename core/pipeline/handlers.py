@@ -26,6 +26,8 @@ from core.clock import Clock
 
 P = TypeVar("P", bound=EventPayload)
 
+# The envelope's ``producer`` of every event the pipeline's handlers emit.
+PRODUCER = "dianabot-jobs"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_DELAYS_S: tuple[float, ...] = (10.0, 60.0, 600.0)
 APP = "dianabot"
@@ -33,10 +35,11 @@ APP = "dianabot"
 
 class Emitter(Protocol):
     """Writes an event to the outbox in the handler's transaction; pass `event_id` for an event
-    whose id must be deterministic (e.g. one reminder per subscription cycle, ever)."""
+    whose id must be deterministic (e.g. one reminder per subscription cycle, ever), and `topic`
+    to send it somewhere other than the registry's topic for its type (a lane, a test's topic)."""
 
     def __call__(
-        self, payload: EventPayload, *, event_id: UUID | None = None
+        self, payload: EventPayload, *, event_id: UUID | None = None, topic: TopicSpec | None = None
     ) -> Awaitable[EventEnvelope]: ...
 
 
@@ -65,7 +68,17 @@ class Delivery(Generic[P]):
     attempt: int = 0
 
 
-BatchEmitter = Callable[[EventPayload, EventEnvelope], Awaitable[EventEnvelope]]
+class BatchEmitter(Protocol):
+    """``Emitter`` for a batch handler: `caused_by` names the event of the batch that caused it."""
+
+    def __call__(
+        self,
+        payload: EventPayload,
+        caused_by: EventEnvelope,
+        *,
+        event_id: UUID | None = None,
+        topic: TopicSpec | None = None,
+    ) -> Awaitable[EventEnvelope]: ...
 
 
 @dataclass(frozen=True)

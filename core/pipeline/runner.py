@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EventEnvelope, EventPayload
+from contracts.topics import TopicSpec
 from core import metrics
 from core.clock import Clock
 from core.logs import bind_log_context
@@ -40,7 +41,7 @@ from core.outbox import add_to_outbox
 from core.pipeline import ledger
 from core.pipeline.dead_letters import DeadLetters
 from core.pipeline.errors import FailureKind, InfrastructureError, classify, describe, retry_after_s
-from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerSpec
+from core.pipeline.handlers import PRODUCER, BatchContext, Delivery, HandlerContext, HandlerSpec
 from core.pipeline.records import DecodedEvent, Malformed, Origin, Record, decode, headers_text
 from core.pipeline.routing import NEVER_PUBLISHABLE, FailureRouter, due_after, longest_wait_s, retry_plan
 from core.uow import UnitOfWork
@@ -64,7 +65,7 @@ class PipelineDeps:
     session_factory: async_sessionmaker[AsyncSession]
     router: FailureRouter
     clock: Clock
-    producer: str = "dianabot-jobs"
+    producer: str = PRODUCER
     services: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -272,8 +273,21 @@ class HandlerRunner:
                 metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
 
     def _batch_emitter(self, session: AsyncSession) -> Any:
-        async def emit(payload: EventPayload, caused_by: EventEnvelope) -> EventEnvelope:
-            return await add_to_outbox(session, payload, producer=self.deps.producer, caused_by=caused_by)
+        async def emit(
+            payload: EventPayload,
+            caused_by: EventEnvelope,
+            *,
+            event_id: UUID | None = None,
+            topic: TopicSpec | None = None,
+        ) -> EventEnvelope:
+            return await add_to_outbox(
+                session,
+                payload,
+                producer=self.deps.producer,
+                caused_by=caused_by,
+                event_id=event_id,
+                topic=topic.name if topic else None,
+            )
 
         return emit
 
@@ -319,9 +333,16 @@ class HandlerRunner:
                 metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
 
     def _emitter(self, session: AsyncSession, cause: EventEnvelope) -> Any:
-        async def emit(payload: EventPayload, *, event_id: UUID | None = None) -> EventEnvelope:
+        async def emit(
+            payload: EventPayload, *, event_id: UUID | None = None, topic: TopicSpec | None = None
+        ) -> EventEnvelope:
             return await add_to_outbox(
-                session, payload, producer=self.deps.producer, caused_by=cause, event_id=event_id
+                session,
+                payload,
+                producer=self.deps.producer,
+                caused_by=cause,
+                event_id=event_id,
+                topic=topic.name if topic else None,
             )
 
         return emit

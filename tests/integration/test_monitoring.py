@@ -277,7 +277,9 @@ async def test_an_alert_from_elsewhere_reaches_the_admin_chat_once_even_when_red
     assert (incident.notify_count, incident.resolved_at) == (1, None)
 
 
-async def _no_emit(payload: EventPayload, *, event_id: uuid.UUID | None = None) -> EventEnvelope:
+async def _no_emit(
+    payload: EventPayload, *, event_id: uuid.UUID | None = None, topic: TopicSpec | None = None
+) -> EventEnvelope:
     raise AssertionError("the alert handler emits nothing")
 
 
