@@ -47,12 +47,12 @@ from core.runtime import (
     resources_lifespan,
     settings_or_exit,
 )
+from core.schedule.settings import SchedulerSettings
 from core.settings import Settings
 from core.telegram.sender import SERVICE_KEY as SENDER_KEY
 from core.telegram.sender import TelegramSender
 from core.telegram.settings import SenderSettings
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
-from schedulers.settings import SchedulerSettings
 
 logger = logging.getLogger("dianabot.consumers")
 

@@ -49,9 +49,9 @@ from core.outbox import add_to_outbox
 from core.pipeline import dead_letters, ledger
 from core.pipeline.errors import describe
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
+from core.schedule.jobs import JOBS_BY_NAME
 from core.telegram.broadcasts import purge_recipients_before
 from core.telegram.ledger import purge_sends_before
-from schedulers.jobs import JOBS_BY_NAME
 
 logger = logging.getLogger("dianabot.jobs")
 
@@ -142,7 +142,7 @@ class ScheduledJobs:
         batch_size: int = 20,
         topics: tuple[TopicSpec, ...] = (),
     ) -> Callable[[JobFunc], JobFunc]:
-        """Run the decorated function for every tick of ``job`` (a name from ``schedulers/jobs.py``).
+        """Run the decorated function for every tick of ``job`` (a name from ``core/schedule/jobs.py``).
 
         ``overlap`` defaults to the job table's policy. A run still ``started`` after
         ``timeout_s`` plus the bookkeeping margin is presumed dead and blocks nothing.
@@ -150,7 +150,7 @@ class ScheduledJobs:
         """
         definition = JOBS_BY_NAME.get(job)
         if definition is None:
-            raise ValueError(f"{job!r} is not in the job table (schedulers/jobs.py)")
+            raise ValueError(f"{job!r} is not in the job table (core/schedule/jobs.py)")
         if job in self.registered:
             raise ValueError(f"job {job!r} already has a handler")
 

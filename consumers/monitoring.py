@@ -47,10 +47,10 @@ from core import metrics
 from core.incidents import AlertIncident, Notice, open_incidents, record_raised, record_resolved
 from core.monitoring import HEARTBEAT_JOB, JobTotals, MonitoringSettings, cleared, job_totals, run_checks
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+from core.schedule.jobs import JobDefinition
 from core.settings import KafkaSettings
 from core.telegram.sender import SendRequest, TelegramSender, sender_from
 from core.watchdog import Watchdog, database_probe, kafka_probe
-from schedulers.jobs import JobDefinition
 
 logger = logging.getLogger("dianabot.monitoring")
 

@@ -34,11 +34,11 @@ from core.kafka import admin_client
 from core.lag import DEFAULT_PREFIX, GroupLag, group_lags, log_bounds
 from core.pipeline.errors import describe
 from core.pipeline.handlers import is_retry_group
+from core.schedule.cron import CronSchedule
+from core.schedule.jobs import JobDefinition
 from core.settings import KafkaSettings
 from core.stranded import parked_outbox_check, stored_dead_letter_check
 from core.watchdog import DATABASE_KEY, KAFKA_KEY, Probe, database_probe, kafka_probe
-from schedulers.cron import CronSchedule
-from schedulers.jobs import JobDefinition
 
 logger = logging.getLogger("dianabot.monitoring")
 

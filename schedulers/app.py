@@ -22,12 +22,12 @@ from core.outbox import OutboxRelay
 from core.pipeline.consumer import TopicDeclaration, declare_topics
 from core.publisher import EventPublisher
 from core.runtime import Resources, build_resources, exit_with_one_line, resources_lifespan, settings_or_exit
+from core.schedule.cron import CronSchedule
+from core.schedule.settings import SchedulerSettings, load_scheduler_settings
 from core.settings import ConfigError, Settings
-from schedulers.cron import CronSchedule
 from schedulers.leader import AdvisoryLock
 from schedulers.planning import ScheduledJob
 from schedulers.service import SchedulerService
-from schedulers.settings import SchedulerSettings, load_scheduler_settings
 from schedulers.state import PRODUCER, PgTickStore
 
 logger = logging.getLogger("dianabot.scheduler")

@@ -27,10 +27,10 @@ from core.kafka import create_broker
 from core.outbox import OutboxRelay
 from core.publisher import EventPublisher
 from core.runtime import Resources, build_resources, settings_or_exit
+from core.schedule.cron import CronSchedule
+from core.schedule.jobs import JobDefinition
+from core.schedule.settings import SchedulerSettings, load_scheduler_settings
 from core.settings import ConfigError, Settings
-from schedulers.cron import CronSchedule
-from schedulers.jobs import JobDefinition
-from schedulers.settings import SchedulerSettings, load_scheduler_settings
 from schedulers.state import PRODUCER, PgTickStore
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from core.clock import Clock
 from core.outbox import OutboxRelay
+from core.schedule.settings import SchedulerSettings
 from schedulers import metrics
 from schedulers.leader import AdvisoryLock, LeadershipLost
 from schedulers.planning import ScheduledJob
-from schedulers.settings import SchedulerSettings
 from schedulers.state import TickStore
 from schedulers.ticker import Ticker
 

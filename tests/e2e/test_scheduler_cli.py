@@ -13,7 +13,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from contracts.events import SchedulerTick
-from schedulers.jobs import JOBS
+from core.schedule.jobs import JOBS
 from schedulers.state import tick_event_id
 from tests.conftest import TEST_BOOTSTRAP, TEST_DATABASE_URL
 

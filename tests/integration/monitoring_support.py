@@ -26,10 +26,10 @@ from core.jobs import JobRun, JobRunStatus
 from core.models import ProcessedEvent
 from core.monitoring import MonitoringSettings
 from core.pipeline.handlers import HandlerGroup
+from core.schedule.jobs import JobDefinition
 from core.settings import Settings
 from core.telegram.sender import SERVICE_KEY, TelegramSender
 from devstack.telegram_double import TelegramDouble
-from schedulers.jobs import JobDefinition
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_telegram_support import (
     fresh_chat_ids,

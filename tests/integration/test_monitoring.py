@@ -28,9 +28,9 @@ from core.jobs import JobRun, JobRunStatus
 from core.lag import offsets_reader
 from core.monitoring import HEARTBEAT_JOB
 from core.pipeline.handlers import HandlerContext
+from core.schedule.jobs import JobDefinition
 from core.settings import DatabaseSettings, Settings
 from core.watchdog import database_probe
-from schedulers.jobs import JobDefinition
 from tests.integration.monitoring_support import Stack, forget_incidents, monitoring_stack, settle
 from tests.integration.test_gamification_support import era
 from tests.integration.test_telegram_support import (

@@ -23,9 +23,9 @@ from core.monitoring import (
     watched_jobs,
 )
 from core.pipeline.handlers import HandlerContext, HandlerGroup
+from core.schedule.cron import CronSchedule
+from core.schedule.jobs import JOBS_BY_NAME, JobDefinition
 from core.watchdog import Watchdog
-from schedulers.cron import CronSchedule
-from schedulers.jobs import JOBS_BY_NAME, JobDefinition
 
 UTC_ZONE = ZoneInfo("UTC")
 MADRID = ZoneInfo("Europe/Madrid")

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from core.schedule.jobs import CatchUp
+from core.schedule.settings import load_scheduler_settings
 from core.settings import ConfigError
-from schedulers.jobs import CatchUp
-from schedulers.settings import load_scheduler_settings
 
 
 @pytest.fixture(autouse=True)

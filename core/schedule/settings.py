@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contracts.topics import SCHEDULER_TICKS
+from core.schedule.cron import is_valid_cron
+from core.schedule.jobs import JOBS, JOBS_BY_NAME, CatchUp, JobDefinition
 from core.settings import ConfigError
-from schedulers.cron import is_valid_cron
-from schedulers.jobs import JOBS, JOBS_BY_NAME, CatchUp, JobDefinition
 
 ENV_PREFIX = "DIANABOT_SCHEDULER__"
 

@@ -2,8 +2,8 @@
 
 Names follow the seed's ``scheduled_{frequency}_{purpose}``. Cron expressions are local time in
 the bot's timezone (``DIANABOT_TIMEZONE``), 5 fields or 6 with seconds last; see
-``schedulers/cron.py`` for daylight saving. Settings can switch jobs on and off and override
-``cron``, ``misfire_grace_s``, ``catch_up`` and ``catch_up_window_s`` per job (``schedulers/settings.py``).
+``core/schedule/cron.py`` for daylight saving. Settings can switch jobs on and off and override
+``cron``, ``misfire_grace_s``, ``catch_up`` and ``catch_up_window_s`` per job (``core/schedule/settings.py``).
 
 * ``misfire_grace_s``: a slot the scheduler reaches at most this late is still emitted ``on_time``
   (a leader takeover, a slow wake-up); a later one is *missed* and the catch-up policy decides.

@@ -1,0 +1,2 @@
+"""The job table and its cron rules: what runs when, read by the scheduler service (which emits
+the ticks) and by the monitoring checks (which notice a job that stopped running)."""
