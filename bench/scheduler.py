@@ -37,9 +37,9 @@ from core.models import OutboxEvent
 from core.pipeline.consumer import TopicDeclaration, declare_topics
 from core.publisher import EventPublisher
 from core.runtime import build_resources
+from core.schedule.settings import SchedulerSettings
 from core.settings import Settings, load_settings
 from schedulers.app import build_service
-from schedulers.settings import SchedulerSettings
 from schedulers.state import PRODUCER
 
 PROBE = "scheduled_secondly_test_probe"

@@ -35,8 +35,8 @@ from bench.chaos.publisher import Publisher
 from bench.chaos.topology import Lane, service_lanes
 from contracts.topics import DEAD_LETTERS, SCHEDULER_TICKS
 from core.kafka import admin_client
+from core.schedule.settings import SCHEDULER_LOCK_KEY
 from core.settings import KafkaSettings, Settings, load_settings
-from schedulers.settings import SCHEDULER_LOCK_KEY
 
 logger = logging.getLogger("bench.chaos")
 IDLE_ALLOWANCE_S = 30.0
