@@ -53,9 +53,12 @@ test: venv up lint typecheck
 	$(LOCAL_ENV) $(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
+# One JSON object: one consumer vs raw aiokafka, the Celery peer, the real consumers process (idle,
+# drain rates, latency), scale-out over 1-3 processes and a 1,000,000-event soak (bench/__main__.py;
+# about an hour). BENCH_ARGS=--quick for smaller counts. Then the scheduler's and Telegram's benches.
 bench: venv $(BENCH_STAMP) up migrate
 	devstack/redis/redis.sh up
-	$(LOCAL_ENV) $(BIN)/python -m bench.pipeline
+	$(LOCAL_ENV) $(BIN)/python -m bench $(BENCH_ARGS)
 	$(LOCAL_ENV) $(BIN)/python -m bench.scheduler --seconds 60
 	$(LOCAL_ENV) $(BIN)/python -m bench.telegram
 
