@@ -26,8 +26,11 @@ def plot(scaleout: dict[str, Any], soak: dict[str, Any], out: Path) -> None:
     width = 0.38
     overall = [row["events_per_s"] for row in table]
     steady = [row["events_per_s_with_all_processes"] or 0 for row in table]
-    left.bar([c - width / 2 for c in counts], overall, width, label="whole drain (kill -9 + restart at 2, 3)")
-    left.bar([c + width / 2 for c in counts], steady, width, label="while all processes in the group")
+    left.bar([c - width / 2 for c in counts], overall, width, label="whole drain (joins, kill -9 + restart)")
+    left.bar(
+        [c + width / 2 for c in counts], steady, width, label="all processes in the group, before the kill"
+    )
+    left.set_ylim(0, max(overall + steady) * 1.3)  # room for the legend above the bars
     left.set_xticks(counts)
     left.set_xlabel("consumer processes")
     left.set_ylabel("user.activity events/s")
@@ -36,7 +39,7 @@ def plot(scaleout: dict[str, Any], soak: dict[str, Any], out: Path) -> None:
         f"{scaleout['cpus']} CPUs",
         fontsize=10,
     )
-    left.legend(loc="upper right", fontsize=8)
+    left.legend(loc="upper left", fontsize=8)
 
     series = soak["rss_mib_series"]
     memory = soak["memory"]
