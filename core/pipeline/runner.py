@@ -16,6 +16,7 @@ the batch and backs off instead of flooding the retry topics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -333,19 +334,8 @@ class HandlerRunner:
                 metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
 
     def _emitter(self, session: AsyncSession, cause: EventEnvelope) -> Any:
-        async def emit(
-            payload: EventPayload, *, event_id: UUID | None = None, topic: TopicSpec | None = None
-        ) -> EventEnvelope:
-            return await add_to_outbox(
-                session,
-                payload,
-                producer=self.deps.producer,
-                caused_by=cause,
-                event_id=event_id,
-                topic=topic.name if topic else None,
-            )
-
-        return emit
+        """The batch emitter with its cause fixed: a per-event handler's events are caused by its one."""
+        return functools.partial(self._batch_emitter(session), caused_by=cause)
 
     async def _route_failure(self, event: DecodedEvent, error: BaseException, report: BatchReport) -> None:
         kind = classify(error)
