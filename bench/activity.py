@@ -24,11 +24,12 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -427,3 +428,11 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def run_and_print(suite: Coroutine[Any, Any, dict[str, Any]]) -> int:
+    """A suite's command line: run it, print its report as one JSON line, exit 1 unless it is ok."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+    report = asyncio.run(suite)
+    print(json.dumps(report, separators=(",", ":"), default=str), flush=True)
+    return 0 if report["ok"] else 1

@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ from bench.activity import (
     publish,
     rate_within,
     records,
+    run_and_print,
     verify,
 )
 from bench.chaos.cluster import CLIENT_ID, Cluster, ServiceConfig
@@ -343,11 +343,7 @@ def parse_args(argv: list[str] | None = None) -> ScaleOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
-    report = asyncio.run(scaleout(options))
-    print(json.dumps(report, separators=(",", ":"), default=str), flush=True)
-    return 0 if report["ok"] else 1
+    return run_and_print(scaleout(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +46,7 @@ from bench.activity import (
     publish,
     records,
     rss_kib,
+    run_and_print,
     verify,
 )
 from bench.chaos.cluster import CLIENT_ID, Cluster, ServiceConfig
@@ -306,11 +306,7 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
-    report = asyncio.run(soak(options))
-    print(json.dumps(report, separators=(",", ":"), default=str), flush=True)
-    return 0 if report["ok"] else 1
+    return run_and_print(soak(parse_args(argv)))
 
 
 if __name__ == "__main__":
