@@ -5,7 +5,7 @@ Its retries go to one topic per attempt (``{group}.retry.{n}``); all retry topic
 of one source topic are read by one shared group (``{topic}.retries``), so a process runs one
 retry consumer per lane instead of one per handler and attempt (idle consumers cost CPU: each
 polls and heartbeats). A retry record not due soon pauses its partition until it is due rather
-than holding the shared poll loop (see ``RetryConsumer``). Critical and bulk lanes keep separate
+than holding the shared poll loop (see ``_defer``). Critical and bulk lanes keep separate
 retry consumers, as they keep separate main ones. Offsets are committed (``message.ack()``) only
 after the batch's effects are committed and its failures are durably re-published; an
 infrastructure failure rewinds the batch (``message.nack()``) and backs off.
@@ -94,11 +94,16 @@ async def raw_bodies(message: Any, original: Callable[[Any], Awaitable[Any]]) ->
 
 
 class BatchConsumer:
-    """Commits after the runner succeeds; on an outage rewinds and waits, doubling up to 30 s."""
+    """Commits after its runners succeed; on an outage rewinds and waits, doubling up to 30 s.
 
-    def __init__(self, runner: HandlerRunner) -> None:
-        self.runner = runner
-        self.group = runner.group
+    One runner per topic it reads: a source topic's handler, or, for a shared retry consumer, the
+    handler and attempt of each retry topic (all topics of a batch at once).
+    """
+
+    def __init__(self, runners: Mapping[str, HandlerRunner], group: str) -> None:
+        self.runners = dict(runners)
+        self.group = group
+        self._clock = next(iter(self.runners.values())).deps.clock
         self._backoff_s = 0.0
 
     async def consume(self, message: Any) -> None:
@@ -121,26 +126,16 @@ class BatchConsumer:
             return
         self._backoff_s = 0.0
         if report.deferred:
-            _defer(message.consumer, report.deferred, self.runner.deps.clock.now())
+            _defer(message.consumer, report.deferred, self._clock.now())
         await message.ack()
-
-    async def process(self, records: tuple[Record, ...]) -> BatchReport:
-        return await self.runner.process(records)
-
-
-class RetryConsumer(BatchConsumer):
-    """One consumer for the retry topics of several handlers: each topic's records go to the
-    runner of that handler and attempt, all topics of the batch at once."""
-
-    def __init__(self, runners: Mapping[str, HandlerRunner], group: str) -> None:
-        super().__init__(next(iter(runners.values())))
-        self.runners = runners
-        self.group = group
 
     async def process(self, records: tuple[Record, ...]) -> BatchReport:
         by_topic: dict[str, list[Record]] = defaultdict(list)
         for record in records:
             by_topic[record.topic].append(record)
+        if len(by_topic) == 1:  # a source topic's batch: no task group on the hot path
+            [(topic, topic_records)] = by_topic.items()
+            return await self.runners[topic].process(topic_records)
         report = BatchReport()
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -199,7 +194,7 @@ def subscribe_handlers(
     for spec in specs:
         for topic in spec.topics:
             group = spec.group_for(topic)
-            consumer = BatchConsumer(HandlerRunner(spec, group, deps))
+            consumer = BatchConsumer({topic.name: HandlerRunner(spec, group, deps)}, group)
             documented = f"{spec.name} handles {', '.join(sorted(spec.event_types))}"
             _register(
                 router,
@@ -223,7 +218,7 @@ def subscribe_handlers(
         lane_specs = retry_specs[source]
         _register(
             router,
-            RetryConsumer(runners, group),
+            BatchConsumer(runners, group),
             sorted(runners),
             group,
             "retries of " + ", ".join(sorted(s.name for s in lane_specs)),
@@ -244,8 +239,7 @@ def _register(
     poll_ms: int,
     options: dict[str, Any],
 ) -> None:
-    runners = consumer.runners.values() if isinstance(consumer, RetryConsumer) else [consumer.runner]
-    events = tuple({e for r in runners for e in r.spec.events})
+    events = tuple({e for r in consumer.runners.values() for e in r.spec.events})
 
     async def handle(body: list[bytes], message: KafkaMessage) -> None:
         await consumer.consume(message)
