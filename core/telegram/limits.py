@@ -132,9 +132,17 @@ class RateGate:
         return f"{self._prefix}{lane}" if isinstance(lane, str) else f"{self._prefix}chat:{lane}"
 
     async def wait_for_slot(
-        self, chat_id: int | None, priority: Priority, *, lane: Lane = "global", deadline: float
+        self,
+        chat_id: int | None,
+        priority: Priority,
+        *,
+        lane: Lane = "global",
+        deadline: float,
+        lead_s: float = 0.0,
     ) -> float:
-        """Return at this send's slot, with the slot's `time.monotonic()` value (see `too_late`).
+        """Return `lead_s` before this send's slot, with the slot's `time.monotonic()` value (see
+        `too_late` and `until`): the caller records its intent in the lead, so that round trip is
+        not counted as lateness.
 
         Raises TelegramRateLimited if the slot would come after `deadline` (a monotonic value: the
         longest the caller may keep waiting).
@@ -144,8 +152,8 @@ class RateGate:
         grant = await self._reserve(chat_id, priority, lane, deadline, waits)
         reserved = time.monotonic()
         slot_at = reserved + grant.delay_s
-        await asyncio.sleep(grant.delay_s)
-        woke = time.monotonic()
+        await asyncio.sleep(max(0.0, grant.delay_s - lead_s))
+        woke = time.monotonic() + min(lead_s, grant.delay_s)
         metrics.SLOT_WAIT_SECONDS.labels(priority.value).observe(woke - started)
         if priority is Priority.CRITICAL and woke - started > _SLOW_CRITICAL_S:
             logger.warning(
@@ -159,6 +167,12 @@ class RateGate:
                 extra={"chat_id": chat_id},
             )
         return slot_at
+
+    @staticmethod
+    async def until(slot_at: float) -> None:
+        """Sleep out what is left of a lead taken by `wait_for_slot`."""
+        if (early := slot_at - time.monotonic()) > 0:
+            await asyncio.sleep(early)
 
     def too_late(self, slot_at: float) -> bool:
         """True if a call now would leave more than `late_slot_s` after its slot (a stalled loop).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -57,6 +58,8 @@ SERVICE_KEY = "telegram"
 """The key of the sender in the pipeline's ``services`` mapping."""
 
 T = TypeVar("T")
+# The intent is recorded this long before its slot at most (see `IntentLead`).
+_MAX_INTENT_LEAD_S = 0.25
 # How long a cancelled send still waits for its ledger step (one statement) to commit; past it the
 # row stays `pending` and reads as unknown after the lease, as after a crash.
 _LEDGER_STEP_WITHIN_S = 10.0
@@ -96,6 +99,25 @@ _SKIPPED = {
 }
 
 
+class IntentLead:
+    """How long before its slot a send records its intent: the slowest of the recent intents.
+
+    The intent is a durable commit; counted inside the slot, its latency under load (disk flushes,
+    a busy machine) made most slots "late" and given up, each costing the bot a global slot, so a
+    loaded process sent almost nothing. Taking it ahead keeps the call on its slot; the price is a
+    window of at most `_MAX_INTENT_LEAD_S` in which a crash leaves an unsent message `pending`.
+    """
+
+    def __init__(self, keep: int = 32) -> None:
+        self._recent: deque[float] = deque(maxlen=keep)
+
+    def seconds(self) -> float:
+        return min(_MAX_INTENT_LEAD_S, max(self._recent, default=0.0))
+
+    def observe(self, seconds: float) -> None:
+        self._recent.append(seconds)
+
+
 class TelegramSender(MemberCalls):
     """Build one per process with ``TelegramSender.create(settings)``; ``await close()`` at shutdown."""
 
@@ -115,6 +137,7 @@ class TelegramSender(MemberCalls):
         self.clock = clock or SystemClock()
         self.ledger = SendLedger(engine, lease_s=settings.in_flight_lease_s)
         self.gate = RateGate(self.limits_engine, settings, bot.id)
+        self._intent_lead = IntentLead()
 
     @classmethod
     def create(
@@ -177,15 +200,18 @@ class TelegramSender(MemberCalls):
         if prepared.verdict is Verdict.SKIP:
             return _SKIPPED[prepared.status], chat_id, prepared.message_id
         migrations = 0
+        attempt: Attempt | None = None  # an intent kept across a lost slot
         while True:
-            slot_at = await self.gate.wait_for_slot(chat_id, request.priority, deadline=deadline)
-            attempt = await self._start_attempt(self._intent(request, part, key, chat_id), request)
-            if attempt is None:
-                raise SendInFlight(f"another attempt of send {key} started first")
-            if max(attempt.paused_s, self.gate.local_pause_left(chat_id)) > 0 or self.gate.too_late(slot_at):
-                # A 429 arrived since the slot was reserved, or the slot has passed: nothing was
-                # called; take a new slot.
-                await self._finish(attempt, SendStatus.RETRY, error="slot lost before the call")
+            slot_at, attempt = await self._slot_and_intent(request, part, key, chat_id, deadline, attempt)
+            if await self._paused(attempt, chat_id):
+                # A 429 arrived since the slot was reserved: nothing was called; take a new slot.
+                await self._finish(attempt, SendStatus.RETRY, error="slot lost to a 429 pause")
+                await self.gate.release_chat(chat_id)
+                attempt = None
+                continue
+            if self.gate.too_late(slot_at):
+                # A stalled loop: calling now could bunch up with the next slots. Nothing was called;
+                # the intent stays, so the next slot is not also spent waiting for its commit.
                 await self.gate.release_chat(chat_id)
                 continue
             message_id, failure = await self._call_recorded(attempt, part, chat_id)
@@ -194,11 +220,49 @@ class TelegramSender(MemberCalls):
             if failure.kind is FailureKind.MIGRATED and migrations < MAX_MIGRATIONS:
                 migrations += 1
                 chat_id = await self._follow_migration(attempt, chat_id, failure)
+                attempt = None
                 continue
             if failure.kind is FailureKind.RETRY_AFTER:
                 await self._honour_retry_after(attempt, chat_id, failure, deadline)
+                attempt = None
                 continue
             return await self._give_up(attempt, request, chat_id, failure), chat_id, None
+
+    async def _slot_and_intent(
+        self,
+        request: SendRequest,
+        part: Part,
+        key: str,
+        chat_id: int,
+        deadline: float,
+        attempt: Attempt | None,
+    ) -> tuple[float, Attempt]:
+        """Wait for a slot, recording the intent in its lead (unless one is kept); return at the slot.
+
+        A kept intent is finished as ``retry`` if the wait fails or is cancelled: nothing was called.
+        """
+        try:
+            lead_s = 0.0 if attempt is not None else self._intent_lead.seconds()
+            slot_at = await self.gate.wait_for_slot(
+                chat_id, request.priority, deadline=deadline, lead_s=lead_s
+            )
+            if attempt is None:
+                started = time.monotonic()
+                attempt = await self._start_attempt(self._intent(request, part, key, chat_id), request)
+                self._intent_lead.observe(time.monotonic() - started)
+                if attempt is None:
+                    raise SendInFlight(f"another attempt of send {key} started first")
+            await self.gate.until(slot_at)
+        except BaseException:
+            if attempt is not None:
+                await self._finish(attempt, SendStatus.RETRY, error="no slot: nothing was called")
+            raise
+        return slot_at, attempt
+
+    async def _paused(self, attempt: Attempt, chat_id: int) -> bool:
+        """A 429 pause covers this send: read with the intent, or announced since (by this process
+        or another; the intent may be a lead or a lost slot old)."""
+        return attempt.paused_s > 0 or await self.gate.paused_for(chat_id) > 0
 
     @staticmethod
     def _intent(request: SendRequest, part: Part, key: str, chat_id: int) -> SendIntent:

@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select
@@ -244,6 +245,33 @@ async def test_two_senders_together_keep_every_limit(
     for chat in repeated:
         times = [m.monotonic for m in double.messages_for(chat)]
         assert min(b - a for a, b in itertools.pairwise(times)) >= 1.0
+
+
+async def test_a_slow_intent_commit_keeps_every_slot_and_every_limit(
+    sender: TelegramSender, double: TelegramDouble, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """A loaded machine makes the intent's durable commit slow (here 150 ms, over `late_slot_s`).
+
+    Counted inside the slot it made every slot late: each was given up, cost a global slot and
+    was taken again (a chaos run saw sends attempted 107 times and the bot sending ~4/s). The
+    intent is now taken in the slot's lead and kept if the slot is lost anyway, so each message
+    is attempted once.
+    """
+    start_attempt = sender.ledger.start_attempt
+
+    async def slow_start_attempt(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.15)
+        return await start_attempt(*args, **kwargs)
+
+    sender.ledger.start_attempt = slow_start_attempt  # type: ignore[method-assign]
+    requests = [SendRequest(_key(), c, text()) for c in fresh_chat_ids(40)]
+    results = await asyncio.gather(*(sender.send(r) for r in requests))
+    assert {r.outcome for r in results} == {SendOutcome.SENT}
+    rows = await ledger_rows(session_factory, [r.key for r in requests])
+    assert sorted(row.attempts for row in rows.values()) == [1] * len(requests)
+    stats = double.stats()
+    assert stats["delivered"] == len(requests)
+    assert stats["violations_total"] == 0, stats["violations"]
 
 
 async def test_critical_sends_overtake_a_bulk_backlog(sender: TelegramSender, double: TelegramDouble) -> None:
