@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -38,7 +39,7 @@ from core.pipeline import lenient_records
 from core.pipeline.handlers import HandlerSpec, retry_group
 from core.pipeline.records import Record, header_text
 from core.pipeline.routing import longest_wait_s
-from core.pipeline.runner import BatchReport, Deferred, HandlerRunner, PipelineDeps, first_error
+from core.pipeline.runner import BatchReport, Deferred, HandlerRunner, PipelineDeps, Progress, first_error
 
 logger = logging.getLogger("dianabot.pipeline")
 
@@ -109,7 +110,7 @@ class BatchConsumer:
     async def consume(self, message: Any) -> None:
         records: tuple[Record, ...] = message.raw_message
         try:
-            report = await self.process(records)
+            report = await self.process(records, functools.partial(_commit_done, message.consumer))
         except Exception as error:  # whatever failed, the batch is re-read: never skipped
             self._backoff_s = min(MAX_BACKOFF_S, max(0.5, self._backoff_s * 2))
             metrics.CONSUMER_STALLS.labels(self.group).inc()
@@ -129,13 +130,13 @@ class BatchConsumer:
             _defer(message.consumer, report.deferred, self._clock.now())
         await message.ack()
 
-    async def process(self, records: tuple[Record, ...]) -> BatchReport:
+    async def process(self, records: tuple[Record, ...], progress: Progress | None = None) -> BatchReport:
         by_topic: dict[str, list[Record]] = defaultdict(list)
         for record in records:
             by_topic[record.topic].append(record)
         if len(by_topic) == 1:  # a source topic's batch: no task group on the hot path
             [(topic, topic_records)] = by_topic.items()
-            return await self.runners[topic].process(topic_records)
+            return await self.runners[topic].process(topic_records, progress)
         report = BatchReport()
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -145,6 +146,24 @@ class BatchConsumer:
         for run in runs:
             report.add(run.result())
         return report
+
+
+async def _commit_done(consumer: AIOKafkaConsumer, done: Iterable[Record]) -> None:
+    """Commit past the records of a batch that are done while the rest of it is still running.
+
+    Only a hint of progress: the batch's own commit follows. One refused (the partition moved to
+    another member meanwhile) costs nothing but a re-read that the ledger turns into duplicates.
+    """
+    offsets: dict[TopicPartition, int] = {}
+    for record in done:
+        offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+    assigned = consumer.assignment()
+    if not (mine := {tp: offset for tp, offset in offsets.items() if tp in assigned}):
+        return
+    try:
+        await consumer.commit(mine)
+    except Exception as error:
+        logger.info("progress commit skipped: %s: %s", type(error).__name__, error)
 
 
 def _defer(consumer: AIOKafkaConsumer, deferred: Iterable[Deferred], now: Any) -> None:

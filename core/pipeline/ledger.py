@@ -40,6 +40,17 @@ async def claim(session: AsyncSession, consumer: str, events: Sequence[tuple[UUI
     return set(result.scalars())
 
 
+_RELEASE = text(
+    "DELETE FROM processed_events WHERE consumer = :consumer AND event_id = ANY(CAST(:event_ids AS uuid[]))"
+)
+
+
+async def release(session: AsyncSession, consumer: str, event_ids: Sequence[UUID]) -> None:
+    """Take back claims made in this transaction for events it will not handle after all."""
+    if event_ids:
+        await session.execute(_RELEASE, {"consumer": consumer, "event_ids": list(event_ids)})
+
+
 async def purge_processed_before(session: AsyncSession, cutoff: datetime, batch_size: int = 5000) -> int:
     """Delete one bounded batch of ledger rows older than `cutoff`; call until it returns 0."""
     return await delete_batch(

@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,6 +49,13 @@ from core.uow import UnitOfWork
 
 logger = logging.getLogger("dianabot.pipeline")
 tracer = trace.get_tracer("dianabot.pipeline")
+
+# A per-event handler's batch commits at least this often (see `_handle_together`): slow events such
+# as Telegram sends (0.1 s and more each under load) would otherwise hold a batch's effects and
+# offsets for minutes, and a crash would repeat all of it.
+PROGRESS_EVERY_S = 2.0
+
+Progress = Callable[[Sequence[Record]], Awaitable[None]]
 
 
 def _trace_parent(record: Record) -> Context:
@@ -122,7 +129,9 @@ class HandlerRunner:
         self.wait_up_to_s = wait_up_to_s
         self._dead_letters = DeadLetters(deps.session_factory, deps.router)
 
-    async def process(self, records: Sequence[Record]) -> BatchReport:
+    async def process(self, records: Sequence[Record], progress: Progress | None = None) -> BatchReport:
+        """Handle a batch; `progress` is told of each prefix of `records` that is done (handled or
+        dead-lettered) while a slow batch goes on, so its consumer can commit that far."""
         started = time.perf_counter()
         report = BatchReport()
         events = await self._decode(records, report)
@@ -141,12 +150,8 @@ class HandlerRunner:
                 raise first_error(group) from None
             for wait in waits:
                 report.add(wait.result())
-        elif len(events) > 1 and await self._handle_together(events, report):
-            pass
         else:
-            # Records arrive grouped by partition in offset order, so this keeps per-key order.
-            for event in events:
-                report.add(await self._handle_alone(event))
+            await self._handle_in_chunks(events, records, report, progress)
         self._count(report)
         metrics.BATCH_SECONDS.labels(self.group).observe(time.perf_counter() - started)
         return report
@@ -187,8 +192,40 @@ class HandlerRunner:
             longest_wait_s(self.spec.retry_delays_s, self.stage, self.spec.retry_jitter),
         )
 
-    async def _handle_together(self, events: list[DecodedEvent], report: BatchReport) -> bool:
-        """The fast path; False (with nothing committed) if any event failed."""
+    async def _handle_in_chunks(
+        self,
+        events: list[DecodedEvent],
+        records: Sequence[Record],
+        report: BatchReport,
+        progress: Progress | None,
+    ) -> None:
+        """The fast path over as many events as fit in PROGRESS_EVERY_S, then the next chunk; a chunk
+        that failed is handled again one event at a time. Records arrive grouped by partition in
+        offset order, so handling the events in order keeps per-key order."""
+        position: dict[int, int] = {}
+        start = 0
+        while start < len(events):
+            rest = events[start:]
+            done, together = await self._handle_together(rest, report) if len(rest) > 1 else (1, False)
+            if not together:
+                for event in rest[:done]:
+                    report.add(await self._handle_alone(event))
+            start += done
+            if progress is not None and start < len(events):
+                position = position or {id(record): index for index, record in enumerate(records)}
+                await progress(records[: position[id(events[start - 1].record)] + 1])
+
+    async def _handle_together(self, events: list[DecodedEvent], report: BatchReport) -> tuple[int, bool]:
+        """One transaction over a prefix of `events`: (its length, True) once committed, or (the
+        events it reached, False) with nothing committed if one of them failed.
+
+        A per-event handler's prefix ends once it has run PROGRESS_EVERY_S: a batch of slow events
+        (Telegram sends) commits as it goes instead of holding every effect, and the consumer's
+        offsets, until its last event. A batch handler takes the whole batch.
+        """
+        deadline = time.perf_counter() + PROGRESS_EVERY_S
+        reached = len(events)
+        called = 0
         try:
             async with UnitOfWork(self.deps.session_factory) as uow:
                 fresh = await ledger.claim(
@@ -196,25 +233,40 @@ class HandlerRunner:
                     self.spec.name,
                     [(e.envelope.event_id, e.envelope.event_type) for e in events],
                 )
-                new_events = []
-                for event in events:
-                    if event.envelope.event_id in fresh:
-                        fresh.discard(event.envelope.event_id)  # a second copy in the batch is a duplicate
-                        new_events.append(event)
-                await self._call_all(new_events, uow)
+                if self.spec.batch:
+                    new_events = []
+                    for event in events:
+                        if event.envelope.event_id in fresh:
+                            fresh.discard(event.envelope.event_id)  # a second copy is a duplicate
+                            new_events.append(event)
+                    if new_events:
+                        await self._call_batch(new_events, uow)
+                    called = len(new_events)
+                else:
+                    reached = 0
+                    for event in events:
+                        reached += 1
+                        if event.envelope.event_id not in fresh:
+                            continue  # handled before, or a second copy in this batch
+                        fresh.discard(event.envelope.event_id)
+                        await self._call(event, uow)
+                        called += 1
+                        if time.perf_counter() > deadline:
+                            break
+                    await ledger.release(uow.session, self.spec.name, list(fresh))  # not reached
                 await uow.commit()
         except Exception as error:
             await self._raise_if_database_down(error)
             logger.info(
                 "batch of %d fell back to one-by-one handling after %s",
-                len(events),
+                reached,
                 type(error).__name__,
                 extra={"handler": self.spec.name},
             )
-            return False
-        report.handled += len(new_events)
-        report.duplicates += len(events) - len(new_events)
-        return True
+            return reached, False
+        report.handled += called
+        report.duplicates += reached - called
+        return reached, True
 
     async def _handle_alone(self, event: DecodedEvent) -> BatchReport:
         report = BatchReport()
@@ -226,22 +278,16 @@ class HandlerRunner:
                 if not fresh:
                     report.duplicates += 1
                     return report
-                await self._call_all([event], uow)
+                if self.spec.batch:
+                    await self._call_batch([event], uow)
+                else:
+                    await self._call(event, uow)
                 await uow.commit()
             report.handled += 1
         except Exception as error:
             await self._raise_if_database_down(error)
             await self._route_failure(event, error, report)
         return report
-
-    async def _call_all(self, events: list[DecodedEvent], uow: UnitOfWork) -> None:
-        if not events:
-            return
-        if self.spec.batch:
-            await self._call_batch(events, uow)
-        else:
-            for event in events:
-                await self._call(event, uow)
 
     async def _call_batch(self, events: list[DecodedEvent], uow: UnitOfWork) -> None:
         links = [Link(trace.get_current_span(_trace_parent(e.record)).get_span_context()) for e in events]
