@@ -14,6 +14,7 @@ infrastructure failure rewinds the batch (``message.nack()``) and backs off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -26,7 +27,7 @@ from typing import Annotated, Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
@@ -293,6 +294,37 @@ def _register(
     )
     subscriber(handle)
     subscriber.get_msg = MethodType(_long_poll, subscriber)
+    subscriber.start = functools.partial(start_until_kafka_answers, subscriber, subscriber.start, group)
+
+
+async def start_until_kafka_answers(
+    subscriber: Any, start: Callable[[], Awaitable[None]], group: str, *, max_backoff_s: float = 10.0
+) -> None:
+    """Start a subscriber, waiting out a Kafka outage instead of failing the process.
+
+    FastStream starts a process's subscribers one after another; a broker restart in the middle
+    (or any moment Kafka does not answer a bootstrap) made the start, and so the process, fail.
+    Whether Kafka is reachable at all was checked before the first subscriber (one readable line).
+    """
+    backoff_s = 0.5
+    while True:
+        try:
+            await start()
+            return
+        except (KafkaError, OSError) as error:
+            if (consumer := getattr(subscriber, "consumer", None)) is not None:
+                subscriber.consumer = None
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+            logger.warning(
+                "consumer group %s could not start (%s: %s); retrying in %.1fs",
+                group,
+                type(error).__name__,
+                error,
+                backoff_s,
+            )
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(max_backoff_s, backoff_s * 2)
 
 
 async def _long_poll(subscriber: Any, consumer: AIOKafkaConsumer) -> tuple[Record, ...]:
