@@ -233,6 +233,12 @@ class SendLedger:
         metrics.BLOCKED_USERS.inc(newly)
         return bool(recorded)
 
+    async def status_of(self, key: str) -> SendStatus | None:
+        """The recorded status of a send, None if it was never attempted."""
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_PREPARE, {"key": key})).one_or_none()
+        return None if row is None else SendStatus(row[0])
+
     async def give_up(self, intent: SendIntent, error: str) -> None:
         """Record a send that fails before any call (unknown user, unrenderable template) as failed."""
         async with self._engine.connect() as connection:

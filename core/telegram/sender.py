@@ -388,6 +388,19 @@ class TelegramSender(MemberCalls):
         await self._finish(attempt, SendStatus.RETRY, error=failure.description)
         raise TelegramTransientError(failure.description)
 
+    async def give_up(
+        self, key: str, *, chat_id: int, user_id: int | None, priority: Priority, reason: str
+    ) -> None:
+        """Record a message that cannot be sent at all (an unknown user, content that does not
+        render) as failed, with the reason, where operators look for sends."""
+        await self.ledger.give_up(SendIntent(key, chat_id, user_id, priority.value, "-"), reason)
+
+    async def was_delivered(self, key: str) -> bool:
+        """True if the message went out, may have gone out (unknown outcome), or was refused for a
+        user who blocked the bot: in each case nothing more should be prepared for it."""
+        status = await self.ledger.status_of(key)
+        return status in (SendStatus.SENT, SendStatus.UNKNOWN, SendStatus.BLOCKED)
+
     async def send_unrecorded(self, chat_id: int, text: str) -> None:
         """A plain text message with neither ledger nor shared limits, both of which live in PostgreSQL.
 
