@@ -7,30 +7,13 @@ promtool comes from Debian's ``prometheus`` package: ``devstack/promtool.sh`` in
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-RULES_DIR = ROOT / "deploy" / "prometheus"
-RULES = RULES_DIR / "alerts.yml"
-RULE_TESTS = RULES_DIR / "alerts.test.yml"
-
-
-def promtool(*args: str | Path, cwd: Path = RULES_DIR) -> subprocess.CompletedProcess[str]:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail(
-            "promtool is not installed: run devstack/promtool.sh (Debian's prometheus package; "
-            "`make test` does it for you)",
-            pytrace=False,
-        )
-    return subprocess.run(
-        [path, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
+from tests.unit.observability_support import RULE_TESTS, RULES, promtool
 
 
 def alerts(rules: dict[str, Any]) -> dict[str, dict[str, Any]]:
