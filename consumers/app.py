@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tomllib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, TypeVar
 
 from faststream import FastStream
@@ -72,9 +74,20 @@ ASYNCAPI_DESCRIPTION = (
 )
 
 
+def service_version() -> str:
+    """The installed distribution's version; from a source tree that was never installed, pyproject's."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        if pyproject.is_file():
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        return "0+unknown"
+
+
 def asyncapi_specification() -> AsyncAPI:
     """The AsyncAPI document's header: the service's name, the distribution's version, a summary."""
-    return AsyncAPI(title=ASYNCAPI_TITLE, version=version(DISTRIBUTION), description=ASYNCAPI_DESCRIPTION)
+    return AsyncAPI(title=ASYNCAPI_TITLE, version=service_version(), description=ASYNCAPI_DESCRIPTION)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from consumers import app as consumers_app
 from consumers import asyncapi as asyncapi_document
 from consumers.app import create_app
 from consumers.registry import HANDLER_GROUPS
@@ -460,3 +461,12 @@ def test_asyncapi_check_fails_on_a_stale_document_and_passes_on_a_fresh_one(
     assert asyncapi_document.main(["--check", "--out", str(out)]) == 1
     assert "out of date" in capsys.readouterr().err
     assert asyncapi_document.main(["--check", "--out", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_an_uninstalled_source_tree_takes_its_version_from_pyproject(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(consumers_app, "version", not_installed)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert consumers_app.service_version() == project["version"]
