@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tomllib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, TypeVar
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.specification import AsyncAPI
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
@@ -55,6 +59,35 @@ from core.telegram.settings import SenderSettings
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 
 logger = logging.getLogger("dianabot.consumers")
+
+DISTRIBUTION = "dianabot-jobs"
+ASYNCAPI_TITLE = "DianaBot jobs"
+ASYNCAPI_DESCRIPTION = (
+    "The background-job service of DianaBot. Domain events travel on the Kafka topics of the "
+    "registry (contracts/topics.py); each record's value is one event envelope (JSON: event_id, "
+    "event_type, schema_version, occurred_at, producer, correlation and causation ids, key, payload), "
+    "its key the aggregate id, and event_id and event_type are also headers. Bot services publish "
+    "(directly or through the transactional outbox), the scheduler publishes scheduler.tick, and "
+    "handlers publish the events they cause. Every handler reads its topics as its own consumer "
+    "group, idempotently by event id; transient failures go to retry topics read by one shared "
+    "retry group per source topic, and exhausted or permanent failures to dianabot.dead_letters."
+)
+
+
+def service_version() -> str:
+    """The installed distribution's version; from a source tree that was never installed, pyproject's."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        if pyproject.is_file():
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        return "0+unknown"
+
+
+def asyncapi_specification() -> AsyncAPI:
+    """The AsyncAPI document's header: the service's name, the distribution's version, a summary."""
+    return AsyncAPI(title=ASYNCAPI_TITLE, version=service_version(), description=ASYNCAPI_DESCRIPTION)
 
 
 @dataclass
@@ -197,7 +230,9 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
                 logger.info("declared %d topics", len(created), extra={"topics": created})
             yield
 
-    app = FastStream(consumers.broker, lifespan=lifespan, logger=logger)
+    app = FastStream(
+        consumers.broker, lifespan=lifespan, logger=logger, specification=asyncapi_specification()
+    )
 
     @app.after_startup
     async def start_relay_and_announce() -> None:
