@@ -13,12 +13,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 
 from consumers import channels, content, gamification, monitoring, subscriptions
 from consumers.registry import HANDLER_GROUPS
@@ -26,7 +24,6 @@ from core.clock import Clock, SystemClock
 from core.health import HealthServer, HealthServerError, broker_check, database_check
 from core.kafka import admin_client, create_broker
 from core.lag import lag_metrics_updater
-from core.monitoring import MonitoringSettings
 from core.outbox import OutboxRelay
 from core.pipeline.consumer import (
     TopicDeclaration,
@@ -47,11 +44,9 @@ from core.runtime import (
     resources_lifespan,
     settings_or_exit,
 )
-from core.schedule.settings import SchedulerSettings
 from core.settings import Settings
 from core.telegram.sender import SERVICE_KEY as SENDER_KEY
 from core.telegram.sender import TelegramSender
-from core.telegram.settings import SenderSettings
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 
 logger = logging.getLogger("dianabot.consumers")
@@ -133,38 +128,21 @@ def build_consumers(
     return Consumers(settings, resources, broker, relay, declarations, names)
 
 
-SettingsSection = TypeVar("SettingsSection", bound=BaseSettings)
-
-
-def load_section(section: type[SettingsSection]) -> SettingsSection:
-    """A nested pydantic-settings section, or the process stops with one line naming the variables."""
-    try:
-        return section()
-    except ValidationError as error:
-        prefix = str(section.model_config.get("env_prefix", ""))
-        problems = [
-            f"{prefix}{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in error.errors(include_input=False, include_url=False)
-        ]
-        exit_with_one_line("invalid configuration: " + "; ".join(problems), code=2)
-        raise  # unreachable
-
-
 def production_services(settings: Settings) -> dict[str, Any]:
     """The adapters handlers use: the one Telegram sender, and the domains' settings."""
     return {
-        SENDER_KEY: TelegramSender.create(settings, load_section(SenderSettings)),
-        subscriptions.SETTINGS_KEY: load_section(subscriptions.SubscriptionSettings),
-        content.SETTINGS_KEY: load_section(content.ContentSettings),
-        channels.SETTINGS_KEY: load_section(channels.ChannelSettings),
-        gamification.SETTINGS_KEY: load_section(gamification.GamificationSettings),
+        SENDER_KEY: TelegramSender.create(settings, settings.sender),
+        subscriptions.SETTINGS_KEY: settings.subscriptions,
+        content.SETTINGS_KEY: settings.content,
+        channels.SETTINGS_KEY: settings.channels,
+        gamification.SETTINGS_KEY: settings.gamification,
         subscriptions.TIMEZONE_KEY: settings.tz,
         monitoring.SERVICE_KEY: monitoring.Monitoring(
-            load_section(MonitoringSettings),
+            settings.monitoring,
             settings.kafka,
             settings.telegram.admin_chat_id,
             # The job table as the scheduler runs it (enabled flags, cron overrides).
-            monitoring.handled_jobs(load_section(SchedulerSettings).resolve_jobs()),
+            monitoring.handled_jobs(settings.scheduler.resolve_jobs()),
             settings.tz,
         ),
     }

@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.jobs import ScheduledJobs, jobs, run_in_batches
 from contracts.events import ChannelJoinRequested, SchedulerTick
@@ -35,6 +31,7 @@ from core.domain.channels import (
     purge_join_requests_before,
     record_join_request,
 )
+from core.domain.settings import ChannelSettings
 from core.jobs import side_sessions
 from core.models import ChannelJoinRequest, JoinRequestStatus
 from core.pipeline.handlers import HandlerContext, HandlerGroup
@@ -45,25 +42,6 @@ logger = logging.getLogger("dianabot.channels")
 
 SETTINGS_KEY = "channels"
 """The key of ``ChannelSettings`` in the pipeline's ``services`` (defaults when absent)."""
-
-
-class ChannelSettings(BaseSettings):
-    """``DIANABOT_CHANNELS__...``; read once by the composition root into ``services``."""
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_CHANNELS__", extra="forbid", frozen=True)
-
-    join_request_wait: timedelta = Field(
-        timedelta(minutes=5),
-        description="How long a free-channel join request waits before it is approved (PT5M).",
-    )
-    approvals_per_run: int = Field(
-        50, ge=1, le=1000, description="Requests one approval run claims at most; the rest wait a minute."
-    )
-    join_request_retention: timedelta = Field(
-        timedelta(days=30), description="Decided join requests are deleted this long after (P30D)."
-    )
-    batch_size: int = Field(1000, ge=1, le=10_000, description="Rows per batch of the cleanup job.")
-    max_batches: int = Field(1000, ge=1, description="Batches one cleanup run deletes at most.")
 
 
 _DEFAULTS = ChannelSettings.model_construct()

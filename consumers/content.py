@@ -27,12 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import partial
 from typing import Any
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -47,6 +46,7 @@ from core.domain.content import (
     schedule_next_occurrence,
     upsert_scheduled_post,
 )
+from core.domain.settings import ContentSettings
 from core.models import Channel, ChannelPost
 from core.pipeline.errors import PermanentError, TransientError, describe
 from core.pipeline.handlers import HandlerContext, HandlerGroup
@@ -59,23 +59,6 @@ SETTINGS_KEY = "content"
 TIMEZONE_KEY = "timezone"
 """The key of the bot's timezone (a ``tzinfo``) in the pipeline's ``services`` (UTC when absent):
 recurring posts keep their local wall-clock time across daylight-saving changes."""
-
-
-class ContentSettings(BaseSettings):
-    """``DIANABOT_CONTENT__...`` (environment only, like the sender's settings).
-
-    Read once by the composition root and put into the services under ``SETTINGS_KEY``.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_CONTENT__", extra="forbid", frozen=True)
-
-    posts_per_run: int = Field(
-        50, ge=1, le=1000, description="Posts one run claims and publishes at most; the rest wait a minute."
-    )
-    give_up_after: timedelta = Field(
-        timedelta(minutes=30),
-        description="A post whose sends keep failing transiently is failed this long after its time (PT30M).",
-    )
 
 
 _DEFAULTS = ContentSettings.model_construct()

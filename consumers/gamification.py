@@ -31,8 +31,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,7 +52,6 @@ from core.domain.gamification import (
     Assignment,
     Award,
     DailyGift,
-    DailyGiftRules,
     Period,
     active_missions,
     active_user_ids,
@@ -69,6 +66,7 @@ from core.domain.gamification import (
     top_earners,
     week_label,
 )
+from core.domain.settings import GamificationSettings
 from core.jobs import side_sessions
 from core.models import Channel, ChannelKind, MissionType, User
 from core.outbox import add_to_outbox
@@ -81,40 +79,6 @@ SETTINGS_KEY = "gamification"
 """The key of ``GamificationSettings`` in the pipeline's ``services`` (defaults when absent)."""
 TIMEZONE_KEY = "timezone"
 """The key of the bot's timezone (a ``tzinfo``) in the pipeline's ``services`` (UTC when absent)."""
-
-
-class GamificationSettings(BaseSettings):
-    """``DIANABOT_GAMIFICATION__...``; read once by the composition root into ``services``."""
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_GAMIFICATION__", extra="forbid", frozen=True)
-
-    active_within: timedelta = Field(
-        timedelta(days=30),
-        description="Missions go to users active (last_active_at) within this span before the slot (P30D).",
-    )
-    batch_size: int = Field(500, ge=1, le=10_000, description="Users per page of the assignment jobs.")
-    max_batches: int = Field(
-        1000, ge=1, description="Pages one job run handles at most (expiry batches too); the rest waits."
-    )
-    leaderboard_size: int = Field(10, ge=1, le=50, description="How many users the weekly leaderboard shows.")
-    daily_gift_base: int = Field(10, ge=1, description="Besitos the daily gift pays on every claim.")
-    daily_gift_bonuses: dict[int, int] = Field(
-        {3: 20, 7: 50, 14: 100, 30: 300},
-        description='Extra besitos on the day a streak reaches each length, as JSON: {"3": 20, ...}.',
-    )
-    daily_gift_cooldown: timedelta = Field(timedelta(hours=24), description="One paid claim per (PT24H).")
-    streak_broken_after: timedelta = Field(
-        timedelta(hours=48),
-        description="A claim later than this after the last one restarts the streak (PT48H).",
-    )
-
-    def daily_gift_rules(self) -> DailyGiftRules:
-        return DailyGiftRules(
-            base=self.daily_gift_base,
-            bonuses=dict(self.daily_gift_bonuses),
-            cooldown=self.daily_gift_cooldown,
-            streak_window=self.streak_broken_after,
-        )
 
 
 _DEFAULTS = GamificationSettings.model_construct()

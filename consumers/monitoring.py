@@ -45,7 +45,8 @@ from contracts.ids import derived_event_id
 from contracts.topics import ALERTS, TopicSpec
 from core import metrics
 from core.incidents import AlertIncident, Notice, open_incidents, record_raised, record_resolved
-from core.monitoring import HEARTBEAT_JOB, JobTotals, MonitoringSettings, cleared, job_totals, run_checks
+from core.monitoring import HEARTBEAT_JOB, JobTotals, cleared, job_totals, run_checks
+from core.monitoring_settings import MonitoringSettings
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
 from core.schedule.jobs import JobDefinition
 from core.settings import KafkaSettings

@@ -28,8 +28,6 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +42,7 @@ from contracts.events import (
     SubscriptionStarted,
 )
 from contracts.topics import SUBSCRIPTIONS, TopicSpec
+from core.domain.settings import SubscriptionSettings
 from core.domain.subscriptions import (
     archive_expired,
     expire_ended,
@@ -75,43 +74,6 @@ KICK_RETRY_DELAYS_S = (10.0, 60.0, 300.0, 1800.0, 7200.0)
 # Per handler: up to four Bot API calls, each of which may wait for rate-limit slots.
 HANDLER_TIMEOUT_S = 150.0
 _IN_CHANNEL = frozenset({"member", "administrator", "creator"})
-
-
-class SubscriptionSettings(BaseSettings):
-    """``DIANABOT_SUBSCRIPTIONS__...`` (environment only, like the sender's settings).
-
-    Read once by the composition root and put into the services under ``SETTINGS_KEY``.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_SUBSCRIPTIONS__", extra="forbid", frozen=True)
-
-    reminder_windows: tuple[timedelta, ...] = Field(
-        (timedelta(days=7), timedelta(days=1)),
-        description="How long before the end each reminder goes out: a JSON list of ISO 8601 durations "
-        "or seconds, e.g. [P7D, P1D] quoted as JSON strings; one reminder per window and cycle, "
-        "only the narrowest due window's.",
-    )
-    archive_after: timedelta = Field(
-        timedelta(days=30), description="Archive expired subscriptions this long after they ended (P30D)."
-    )
-    batch_size: int = Field(500, ge=1, le=10_000, description="Rows per page or batch of a job.")
-    max_batches: int = Field(
-        100, ge=1, description="Pages one job run handles at most; the rest waits for the next run."
-    )
-    invite_link_ttl: timedelta = Field(
-        timedelta(hours=1), description="How long a single-use VIP invite link stays valid (PT1H)."
-    )
-    renew_url: str = Field(
-        "https://t.me/DianaBot?start=renew", description="Where the renew buttons of reminders lead."
-    )
-
-    @field_validator("reminder_windows", "invite_link_ttl", "archive_after")
-    @classmethod
-    def _positive(cls, value: Any) -> Any:
-        spans = value if isinstance(value, tuple) else (value,)
-        if any(span <= timedelta(0) for span in spans):
-            raise ValueError("durations must be positive")
-        return value
 
 
 _DEFAULTS = SubscriptionSettings.model_construct()

@@ -121,7 +121,7 @@ class TelegramSender(MemberCalls):
         cls, settings: Settings, sender_settings: SenderSettings | None = None, *, clock: Clock | None = None
     ) -> TelegramSender:
         """The Bot on the configured API server, and the sender's own small connection pool."""
-        sender_settings = sender_settings or SenderSettings()
+        sender_settings = sender_settings or settings.sender
         if sender_settings.in_flight_lease_s <= settings.telegram.request_timeout_s:
             raise ValueError("DIANABOT_SENDER__IN_FLIGHT_LEASE_S must exceed the Bot API request timeout")
         session = AiohttpSession(

@@ -24,7 +24,7 @@ from contracts.topics import TopicSpec
 from core.incidents import AlertIncident
 from core.jobs import JobRun, JobRunStatus
 from core.models import ProcessedEvent
-from core.monitoring import MonitoringSettings
+from core.monitoring_settings import MonitoringSettings
 from core.pipeline.handlers import HandlerGroup
 from core.schedule.jobs import JobDefinition
 from core.settings import Settings

@@ -13,11 +13,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import gamification
-from consumers.gamification import GamificationSettings, free_channel
+from consumers.gamification import free_channel
 from contracts.envelope import EventEnvelope
 from contracts.events import MissionAssigned, MissionCompleted, PostScheduled
 from contracts.ids import derived_event_id
 from core.domain.gamification import award_key, award_mission, local_day
+from core.domain.settings import GamificationSettings
 from core.jobs import JobRunStatus
 from core.models import (
     Balance,

@@ -19,6 +19,7 @@ from consumers import channels
 from contracts.envelope import EventEnvelope
 from contracts.events import ChannelJoinRequested
 from contracts.topics import TopicSpec
+from core.domain.settings import ChannelSettings
 from core.jobs import JobRunStatus
 from core.models import Channel, ChannelJoinRequest, ChannelKind, JoinRequestStatus
 from core.settings import Settings
@@ -93,7 +94,7 @@ class Stack:
 
 @asynccontextmanager
 async def join_request_stack(
-    kafka: Settings, sessions: async_sessionmaker[AsyncSession], settings: channels.ChannelSettings
+    kafka: Settings, sessions: async_sessionmaker[AsyncSession], settings: ChannelSettings
 ) -> AsyncIterator[Stack]:
     events, ticks = unique_topic("channels"), unique_topic("ticks")
     module = f"ch{uuid.uuid4().hex[:8]}"
@@ -123,7 +124,7 @@ async def test_requests_are_recorded_once_and_approved_once_after_the_wait_young
     slot = fresh_slot()
     other_chat = channel_chat_id()  # not a free channel (e.g. the VIP one): never approved here
     old, young, gone, elsewhere = fresh_chat_ids(4)
-    settings = channels.ChannelSettings(join_request_wait=5 * MINUTE)
+    settings = ChannelSettings(join_request_wait=5 * MINUTE)
     try:
         async with join_request_stack(kafka, session_factory, settings) as stack:
             stack.double.set_faults(no_join_request={gone})  # withdrawn or expired at Telegram
@@ -174,7 +175,7 @@ async def test_a_new_request_after_a_decision_is_pending_again_a_stale_event_is_
 ) -> None:
     slot = fresh_slot()
     [user] = fresh_chat_ids(1)
-    async with join_request_stack(kafka, session_factory, channels.ChannelSettings()) as stack:
+    async with join_request_stack(kafka, session_factory, ChannelSettings()) as stack:
         await stack.request(free_chat, user, slot - 10 * MINUTE)
         await wait_for_ledger(session_factory, stack.handler, 1)
         assert (await stack.run(APPROVAL, slot))["approved"] == 1
@@ -220,7 +221,7 @@ async def test_cleanup_deletes_requests_decided_over_thirty_days_ago_in_batches_
                 for user, (status, requested, decided, _) in zip(users, shapes, strict=True)
             ],
         )
-    async with join_request_stack(kafka, session_factory, channels.ChannelSettings(batch_size=2)) as stack:
+    async with join_request_stack(kafka, session_factory, ChannelSettings(batch_size=2)) as stack:
         first = await stack.run(CLEANUP, slot)
         second = await stack.run(CLEANUP, slot)
         left = await stack.rows(free_chat)

@@ -12,11 +12,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import gamification
-from consumers.gamification import GamificationSettings
 from contracts.envelope import EventEnvelope
 from contracts.events import DailyGiftClaimed
 from contracts.ids import derived_event_id
 from core.domain.gamification import daily_gift_key
+from core.domain.settings import GamificationSettings
 from core.jobs import JobRunStatus
 from core.models import Balance, DailyGiftStreak, Transaction
 from core.settings import Settings

@@ -33,6 +33,7 @@ from consumers.jobs import ScheduledJobs
 from contracts.envelope import EventEnvelope, EventPayload
 from contracts.events import SchedulerTick, SubscriptionRenewed, SubscriptionStarted
 from contracts.topics import TopicSpec
+from core.domain.settings import ContentSettings, SubscriptionSettings
 from core.jobs import JobRun, JobRunStatus
 from core.models import (
     Channel,
@@ -318,10 +319,10 @@ async def vip_stack(
         async with sender_for(double) as sender, RawProducer(settings) as producer:
             services: dict[str, Any] = {
                 SERVICE_KEY: sender,
-                subscriptions.SETTINGS_KEY: subscriptions.SubscriptionSettings(
+                subscriptions.SETTINGS_KEY: SubscriptionSettings(
                     batch_size=2, renew_url=RENEW_URL, invite_link_ttl=timedelta(minutes=30)
                 ),
-                content.SETTINGS_KEY: content.ContentSettings(posts_per_run=3),
+                content.SETTINGS_KEY: ContentSettings(posts_per_run=3),
                 subscriptions.TIMEZONE_KEY: MADRID,
             }
             async with running(settings, groups, services):
