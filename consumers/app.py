@@ -1,26 +1,26 @@
 """The consumers' composition root: ``faststream run consumers.app:app``.
 
 ``create_app`` reads nothing global: it takes settings, builds the broker, the long-lived
-resources and every handler's consumers, and closes everything in the lifespan. Tests call
-``build_consumers`` or ``create_app`` with their own settings, handler groups and clock.
+resources, the handlers' ``Services`` (``consumers/services.py``: once per process) and every
+handler's consumers, and closes everything in the lifespan. Tests call ``build_consumers`` or
+``create_app`` with their own settings, handler groups and ``Services`` (clock, sender, sections).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
 
-from consumers import channels, content, gamification, monitoring, subscriptions
+from consumers import monitoring
 from consumers.registry import HANDLER_GROUPS
-from core.clock import Clock, SystemClock
+from consumers.services import Monitoring, Services
 from core.health import HealthServer, HealthServerError, broker_check, database_check
 from core.kafka import admin_client, create_broker
 from core.lag import lag_metrics_updater
@@ -45,7 +45,6 @@ from core.runtime import (
     settings_or_exit,
 )
 from core.settings import Settings
-from core.telegram.sender import SERVICE_KEY as SENDER_KEY
 from core.telegram.sender import TelegramSender
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 
@@ -88,12 +87,10 @@ class Consumers:
 
 
 def build_consumers(
-    settings: Settings,
-    *,
-    groups: Iterable[HandlerGroup] = HANDLER_GROUPS,
-    clock: Clock | None = None,
-    services: Mapping[str, Any] | None = None,
+    settings: Settings, *, groups: Iterable[HandlerGroup] = HANDLER_GROUPS, services: Services | None = None
 ) -> Consumers:
+    """The consumers of ``groups``; their handlers get ``services`` (defaults, no sender, when None)."""
+    services = services or Services()
     provider = setup_tracing(settings.telemetry)
     resources = build_resources(settings)
     instrument_engine(resources.engine, provider)
@@ -103,9 +100,9 @@ def build_consumers(
     deps = PipelineDeps(
         session_factory=resources.session_factory,
         router=FailureRouter(broker),
-        clock=clock or SystemClock(),
+        clock=services.clock,
         producer=PRODUCER,
-        services=services or {},
+        services=services,
     )
     router = KafkaRouter()
     declarations = topic_declarations()
@@ -128,16 +125,12 @@ def build_consumers(
     return Consumers(settings, resources, broker, relay, declarations, names)
 
 
-def production_services(settings: Settings) -> dict[str, Any]:
-    """The adapters handlers use: the one Telegram sender, and the domains' settings."""
-    return {
-        SENDER_KEY: TelegramSender.create(settings, settings.sender),
-        subscriptions.SETTINGS_KEY: settings.subscriptions,
-        content.SETTINGS_KEY: settings.content,
-        channels.SETTINGS_KEY: settings.channels,
-        gamification.SETTINGS_KEY: settings.gamification,
-        subscriptions.TIMEZONE_KEY: settings.tz,
-        monitoring.SERVICE_KEY: monitoring.Monitoring(
+def production_services(settings: Settings) -> Services:
+    """What handlers use: the settings tree's sections, the one Telegram sender, monitoring's watch."""
+    return Services.from_settings(
+        settings,
+        telegram=TelegramSender.create(settings, settings.sender),
+        watching=Monitoring(
             settings.monitoring,
             settings.kafka,
             settings.telegram.admin_chat_id,
@@ -145,23 +138,24 @@ def production_services(settings: Settings) -> dict[str, Any]:
             monitoring.handled_jobs(settings.scheduler.resolve_jobs()),
             settings.tz,
         ),
-    }
+    )
 
 
-def create_app(settings: Settings, **options: Any) -> FastStream:
+def create_app(
+    settings: Settings, *, groups: Iterable[HandlerGroup] = HANDLER_GROUPS, services: Services | None = None
+) -> FastStream:
     # Built only when the caller brings none: one sender per process, and no settings read for nothing.
-    options["services"] = options["services"] if "services" in options else production_services(settings)
-    consumers = build_consumers(settings, **options)
-    sender = options["services"].get(SENDER_KEY)
+    services = services or production_services(settings)
+    consumers = build_consumers(settings, groups=groups, services=services)
+    sender = services.telegram
     health = HealthServer(
         settings.telemetry.http_port,
         {"database": database_check(consumers.resources.engine), "kafka": broker_check(consumers.broker)},
         before_scrape=lag_metrics_updater(settings.kafka),
     )
-    watching = options["services"].get(monitoring.SERVICE_KEY)
     watchdog = (
-        monitoring.build_watchdog(consumers.resources.engine, watching, sender)
-        if isinstance(watching, monitoring.Monitoring) and isinstance(sender, TelegramSender)
+        monitoring.build_watchdog(consumers.resources.engine, services.watching, sender)
+        if services.watching is not None and sender is not None
         else None
     )
     stop_watchdog = asyncio.Event()
@@ -209,7 +203,7 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
     @app.after_shutdown
     async def close_sender() -> None:
         # After the broker stopped: it waits for handlers in flight, which may be mid-send.
-        if isinstance(sender, TelegramSender):
+        if sender is not None:
             await sender.close()
 
     return app

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import channels
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.events import ChannelJoinRequested
 from contracts.topics import TopicSpec
@@ -23,7 +23,6 @@ from core.domain.settings import ChannelSettings
 from core.jobs import JobRunStatus
 from core.models import Channel, ChannelJoinRequest, ChannelKind, JoinRequestStatus
 from core.settings import Settings
-from core.telegram.sender import SERVICE_KEY
 from devstack.telegram_double import TelegramDouble
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_gamification_support import (
@@ -102,7 +101,7 @@ async def join_request_stack(
     channels.register_jobs(registry, ticks=(ticks,))
     groups = [channels.build_handlers(module=module, topic=events), registry.group]
     async with telegram_double() as double, sender_for(double) as sender:
-        services: dict[str, Any] = {SERVICE_KEY: sender, channels.SETTINGS_KEY: settings}
+        services = Services(telegram=sender, channels=settings)
         async with consuming(settings_for(double), groups, services), RawProducer(kafka) as producer:
             yield Stack(double, producer, events, ticks, f"dianabot.{module}.record_join_request", sessions)
 
