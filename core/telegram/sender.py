@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -52,9 +52,6 @@ from core.telegram.models import SendStatus
 from core.telegram.settings import SenderSettings
 
 logger = logging.getLogger("dianabot.telegram")
-
-SERVICE_KEY = "telegram"
-"""The key of the sender in the pipeline's ``services`` mapping."""
 
 T = TypeVar("T")
 # How long a cancelled send still waits for its ledger step (one statement) to commit; past it the
@@ -377,15 +374,6 @@ async def _settled(step: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], async
         except asyncio.CancelledError as error:
             cancelled = error
     return task, cancelled
-
-
-def sender_from(services: Mapping[str, Any]) -> TelegramSender:
-    """The sender the composition root put into the pipeline's services."""
-    sender = services.get(SERVICE_KEY)
-    if not isinstance(sender, TelegramSender):
-        # Not a PermanentError: a wiring mistake must not dead-letter every message.
-        raise RuntimeError(f"no TelegramSender in the pipeline services under {SERVICE_KEY!r}")
-    return sender
 
 
 def content_summary(content: MessageContent) -> str:
