@@ -156,7 +156,7 @@ class _TreeSource(BaseSettings):
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=ENV_NESTED_DELIMITER,
         env_file=ENV_FILE,
-        # Unknown names are reported by `unknown_variables`, by their real names; pydantic-settings
+        # Unknown names are reported by `_refuse_unknown_variables`, by their real names; pydantic-settings
         # would report a `.env` one with the prefix doubled.
         extra="ignore",
         frozen=True,
