@@ -25,8 +25,8 @@ from core.pipeline.consumer import TopicDeclaration, declare_topics
 from core.publisher import EventPublisher
 from core.runtime import Resources, build_resources, exit_with_one_line, resources_lifespan, settings_or_exit
 from core.schedule.cron import CronSchedule
-from core.schedule.settings import SchedulerSettings, load_scheduler_settings
-from core.settings import ConfigError, Settings
+from core.schedule.settings import SchedulerSettings
+from core.settings import Settings
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 from schedulers.leader import AdvisoryLock
 from schedulers.planning import ScheduledJob
@@ -72,7 +72,7 @@ def build_service(
 def create_app(
     settings: Settings, scheduler: SchedulerSettings | None = None, *, clock: Clock | None = None
 ) -> FastStream:
-    scheduler = scheduler or load_scheduler_settings()
+    scheduler = scheduler or settings.scheduler
     # Traced as the consumers are: OTLP export when DIANABOT_TELEMETRY__OTLP_ENDPOINT is set, the
     # tick's trace context on its record, SQL spans beneath the tick's span.
     provider = setup_tracing(settings.telemetry)
@@ -134,17 +134,9 @@ async def _declare_tick_topic(settings: Settings, topic: str) -> None:
         await admin.close()
 
 
-def _scheduler_settings_or_exit() -> SchedulerSettings:
-    try:
-        return load_scheduler_settings()
-    except ConfigError as error:
-        exit_with_one_line(str(error), code=2)
-        raise  # unreachable; keeps type checkers honest
-
-
 @cache
 def _default_app() -> FastStream:
-    return create_app(settings_or_exit(), _scheduler_settings_or_exit())
+    return create_app(settings_or_exit())
 
 
 def __getattr__(name: str) -> FastStream:

@@ -29,8 +29,8 @@ from core.publisher import EventPublisher
 from core.runtime import Resources, build_resources, settings_or_exit
 from core.schedule.cron import CronSchedule
 from core.schedule.jobs import JobDefinition
-from core.schedule.settings import SchedulerSettings, load_scheduler_settings
-from core.settings import ConfigError, Settings
+from core.schedule.settings import SchedulerSettings
+from core.settings import Settings
 from schedulers.state import PRODUCER, PgTickStore
 
 
@@ -211,11 +211,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_or_exit()
-    try:
-        scheduler = load_scheduler_settings()
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
     if args.command == "list":
-        return asyncio.run(list_jobs(settings, scheduler, args.json, max(1, args.next)))
-    return asyncio.run(trigger_job(settings, scheduler, args.job))
+        return asyncio.run(list_jobs(settings, settings.scheduler, args.json, max(1, args.next)))
+    return asyncio.run(trigger_job(settings, settings.scheduler, args.job))

@@ -47,8 +47,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from pydantic import BaseModel, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.cli.dead_letters import H_REPLAYED_FROM, DeadLetter, PartitionProgress, parse_position
@@ -56,14 +55,7 @@ from core.cli.dlq import add_dlq_commands
 from core.cli.output import CliError, count, emit, render_table
 from core.db import create_engine, create_session_factory
 from core.lag import GroupLag, group_lags
-from core.settings import (
-    ENV_NESTED_DELIMITER,
-    ENV_PREFIX,
-    ConfigError,
-    KafkaSettings,
-    describe_validation_error,
-    load_database_settings,
-)
+from core.settings import ConfigError, KafkaSettings, load_database_settings, load_section
 
 # Names the dead-letter tools were first imported by (tests, scripts).
 __all__ = [
@@ -82,21 +74,9 @@ __all__ = [
 # --- settings ---------------------------------------------------------------------------------
 
 
-class _KafkaOnly(BaseSettings):
-    """Just the Kafka section: an operator's shell needs no bot token or database URL."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, env_file=".env", extra="ignore"
-    )
-
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-
-
 def load_kafka_settings() -> KafkaSettings:
-    try:
-        return _KafkaOnly().kafka
-    except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
+    """Just the Kafka section: an operator's shell needs no bot token or database URL."""
+    return load_section(KafkaSettings)
 
 
 LAG_COLUMNS = ("group", "topic", "partition", "committed", "end", "lag")
