@@ -20,6 +20,7 @@ import yaml
 from pydantic import SecretStr
 
 from consumers.app import create_app
+from consumers.services import Services
 from core.settings import KafkaSettings, Settings, TelegramSettings
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.yaml"
@@ -34,7 +35,7 @@ def generate() -> dict[str, Any]:
         kafka=KafkaSettings(),
         telegram=TelegramSettings(bot_token=SecretStr("123456:asyncapi"), admin_chat_id=-1),
     )
-    app = create_app(settings, services={})
+    app = create_app(settings, services=Services())  # no sender: connects to nothing
     document: dict[str, Any] = app.schema.to_specification().to_jsonable()
     for path in _SORTED:
         parent = document

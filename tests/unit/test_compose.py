@@ -8,7 +8,6 @@ built once, and every long-running project service must report its readiness.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shlex
@@ -20,11 +19,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from pydantic import BaseModel
-from pydantic_settings import BaseSettings
 
-from core.schedule.settings import SchedulerSettings
+from core.config import ENV_NESTED_DELIMITER
 from core.settings import ENV_PREFIX, Settings, TelemetrySettings
-from tests.unit.observability_support import COMPOSITION_ROOTS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -122,9 +119,10 @@ def http_port(service: str, monkeypatch: pytest.MonkeyPatch) -> int:
     """The port the service's own settings give its /readyz and /metrics server."""
     with monkeypatch.context() as patch:
         use_environment(patch, service)
+        settings = Settings(_env_file=None)
         if command(service) == SCHEDULER_CMD:
-            return SchedulerSettings(_env_file=None).http_port
-        return Settings(_env_file=None).telemetry.http_port
+            return settings.scheduler.http_port
+        return settings.telemetry.http_port
 
 
 # --- references ----------------------------------------------------------------------------------
@@ -191,30 +189,16 @@ def test_every_project_service_reads_only_real_settings_with_valid_values(
                 seen.add(variable)
         with monkeypatch.context() as patch:  # the values validate as the processes would read them
             use_environment(patch, name)
-            Settings(_env_file=None)
-            for section in sections.values():
-                section(_env_file=None)
+            Settings(_env_file=None)  # the whole tree: every section is a field of it
     assert "DIANABOT_TELEGRAM__API_BASE_URL" in seen
 
 
-def _settings_sections() -> dict[str, type[BaseSettings]]:
-    """Every settings class of the service by its environment prefix (the root's is ``DIANABOT_``)."""
-    for module in COMPOSITION_ROOTS:  # every settings section is defined once they are imported
-        importlib.import_module(module)
-
-    def subclasses(cls: type[BaseSettings]) -> Iterator[type[BaseSettings]]:
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from subclasses(sub)
-
-    found: dict[str, type[BaseSettings]] = {}
-    for cls in subclasses(BaseSettings):
-        if cls.__module__.split(".")[0] in {
-            "core",
-            "consumers",
-            "schedulers",
-        } and not cls.__name__.startswith("_"):
-            found.setdefault(str(cls.model_config.get("env_prefix", "")), cls)
+def _settings_sections() -> dict[str, type[BaseModel]]:
+    """Every section of the settings tree by its environment prefix (the root's is ``DIANABOT_``)."""
+    found: dict[str, type[BaseModel]] = {ENV_PREFIX: Settings}
+    for name, field in Settings.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found[f"{ENV_PREFIX}{name.upper()}{ENV_NESTED_DELIMITER}"] = field.annotation
     assert {ENV_PREFIX, "DIANABOT_MONITORING__", "DIANABOT_SENDER__"} <= set(found)
     return found
 
@@ -236,7 +220,7 @@ def _resolves(model: type[BaseModel], path: list[str]) -> bool:
     )
 
 
-def _is_setting(variable: str, sections: dict[str, type[BaseSettings]]) -> bool:
+def _is_setting(variable: str, sections: dict[str, type[BaseModel]]) -> bool:
     for prefix, section in sections.items():
         if prefix != ENV_PREFIX and variable.startswith(prefix):
             return _resolves(section, variable.removeprefix(prefix).lower().split("__"))
