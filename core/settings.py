@@ -122,6 +122,14 @@ class TelemetrySettings(_Section):
     log_json: bool = Field(True, description="JSON log lines (set false for human-readable lines).")
 
 
+def _known_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA timezone {value!r}") from None
+    return value
+
+
 class Settings(BaseSettings):
     """The whole configuration of the job service."""
 
@@ -142,11 +150,7 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA timezone {value!r}") from None
-        return value
+        return _known_timezone(value)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -198,5 +202,35 @@ class _DatabaseOnly(BaseSettings):
 def load_database_settings() -> DatabaseSettings:
     try:
         return _DatabaseOnly().database
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+
+
+class ToolSettings(BaseSettings):
+    """Every section but Telegram, for operator tools that send nothing (``dianabot jobs``): they
+    must not ask for a bot token they would not use."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, env_file=".env", extra="ignore"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    timezone: str = Field("Europe/Madrid", description="The bot's local timezone (IANA name) for schedules.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return _known_timezone(value)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def load_tool_settings() -> ToolSettings:
+    try:
+        return ToolSettings()
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
