@@ -52,3 +52,24 @@ def test_python_m_schedulers_trigger_needs_no_bot_token() -> None:
     tick = json.loads(result.stdout)
     assert (tick["job"], tick["published"]) == ("scheduled_daily_cleanup", True)
     assert uuid.UUID(tick["event_id"])
+
+
+def test_dianabot_jobs_list_and_lag_need_no_bot_token() -> None:
+    jobs = run("dianabot_cli", "jobs", "list", "--json")
+    assert jobs.returncode == 0, jobs.stderr
+    assert [job["job"] for job in json.loads(jobs.stdout)] == [job.name for job in JOBS]
+
+    table = run("dianabot_cli", "jobs", "list")  # not a terminal: the aligned text table
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0] == "timezone: Europe/Madrid"
+    assert table.stdout.splitlines()[1].split()[:4] == ["JOB", "CRON", "ON", "CATCH-UP"]
+
+    lag = run("dianabot_cli", "lag", "--group", f"dianabot.test.nobody.{uuid.uuid4().hex[:8]}", "--json")
+    assert lag.returncode == 0, lag.stderr
+    assert json.loads(lag.stdout) == []
+
+
+def test_an_unknown_job_names_the_listing_command_of_the_tool_in_use() -> None:
+    result = run("dianabot_cli", "jobs", "trigger", "scheduled_daily_clenaup")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "unknown job 'scheduled_daily_clenaup'; see `dianabot jobs list`"
