@@ -98,7 +98,7 @@ def dead_letter_findings(
                 key,
                 "warning",
                 f"{grown} new dead letters on {topic} since the previous heartbeat ({current} in all); "
-                "see `python -m core.cli dlq list`.",
+                "see `dianabot dlq list`.",
                 {"topic": topic, "new": grown, "end_offsets_total": current},
             )
         )

@@ -5,10 +5,10 @@ Variables are prefixed ``DIANABOT_`` and nested with ``__``, e.g.
 infrastructure's here, the others beside the code they configure) is a field of the root ``Settings``.
 Secrets are ``SecretStr`` so they never show up in reprs, logs, tracebacks or configuration errors.
 
-``load_settings`` reads the whole tree; ``load_section`` one section (tools that need no bot token).
-Both stop at a variable the tree does not know (a typo must not pass silently) and report every
-problem in one line naming the variables, never their values. The README's settings table is
-printed from this tree by ``python -m core.settings_table``.
+``load_settings`` reads the whole tree; ``load_section`` one section and ``load_tool_settings`` every
+section but Telegram (tools that need no bot token). All stop at a variable the tree does not know (a
+typo must not pass silently) and report every problem in one line naming the variables, never their
+values. The README's settings table is printed from this tree by ``python -m core.settings_table``.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ __all__ = [
     "Settings",
     "TelegramSettings",
     "TelemetrySettings",
+    "ToolSettings",
     "describe_validation_error",
     "load_database_settings",
     "load_section",
     "load_settings",
+    "load_tool_settings",
 ]
 
 ENV_FILE = ".env"
@@ -163,12 +165,12 @@ class _TreeSource(BaseSettings):
     )
 
 
-class Settings(_TreeSource):
-    """The whole configuration of the job service: one field per section."""
+class ToolSettings(_TreeSource):
+    """The tree without its Telegram section, for operator tools that send nothing (``dianabot jobs``):
+    they must not ask for a bot token they would not use. ``Settings`` is this plus ``telegram``."""
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    telegram: TelegramSettings
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     timezone: str = Field("Europe/Madrid", description="The bot's local timezone (IANA name) for schedules.")
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -191,6 +193,12 @@ class Settings(_TreeSource):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+class Settings(ToolSettings):
+    """The whole configuration of the job service: one field per section."""
+
+    telegram: TelegramSettings
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -219,6 +227,12 @@ def load_section(section: type[SectionT]) -> SectionT:
 
 def load_database_settings() -> DatabaseSettings:
     return load_section(DatabaseSettings)
+
+
+def load_tool_settings() -> ToolSettings:
+    """Every section but Telegram (``ToolSettings``): what ``dianabot jobs`` reads, with no bot token."""
+    _refuse_unknown_variables()
+    return _validated(ToolSettings, {})
 
 
 def _section_field(section: type[BaseModel]) -> str:
