@@ -18,6 +18,7 @@ COPY contracts contracts
 COPY core core
 COPY consumers consumers
 COPY schedulers schedulers
+COPY dianabot_cli dianabot_cli
 COPY devstack devstack
 COPY bench bench
 COPY migrations migrations
