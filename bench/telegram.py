@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import broadcasts, notifications
 from consumers.app import create_app
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.events import BroadcastRequested, MessageContent, NotificationRequested, Priority
 from contracts.topics import TopicSpec
@@ -57,7 +58,7 @@ from core.publisher import EventPublisher
 from core.runtime import settings_or_exit
 from core.settings import Settings, load_settings
 from core.telegram.broadcasts import broadcast_progress
-from core.telegram.sender import SERVICE_KEY, TelegramSender
+from core.telegram.sender import TelegramSender
 from core.telegram.settings import SenderSettings
 from devstack.telegram_double import GROUP_LIMIT, PRIVATE_CHAT_LIMIT, RateLimit, TelegramDouble
 
@@ -82,7 +83,7 @@ def _app() -> FastStream:
     ]
     settings = settings_or_exit()
     sender = TelegramSender.create(settings)
-    return create_app(settings, groups=groups, services={SERVICE_KEY: sender})  # it closes the sender
+    return create_app(settings, groups=groups, services=Services(telegram=sender))  # it closes the sender
 
 
 def __getattr__(name: str) -> FastStream:

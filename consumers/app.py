@@ -1,32 +1,33 @@
 """The consumers' composition root: ``faststream run consumers.app:app``.
 
 ``create_app`` reads nothing global: it takes settings, builds the broker, the long-lived
-resources and every handler's consumers, and closes everything in the lifespan. Tests call
-``build_consumers`` or ``create_app`` with their own settings, handler groups and clock.
+resources, the handlers' ``Services`` (``consumers/services.py``: once per process) and every
+handler's consumers, and closes everything in the lifespan. Tests call ``build_consumers`` or
+``create_app`` with their own settings, handler groups and ``Services`` (clock, sender, sections).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+import tomllib
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, TypeVar
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker, KafkaRouter
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from faststream.specification import AsyncAPI
 
-from consumers import channels, content, gamification, monitoring, subscriptions
+from consumers import monitoring
 from consumers.registry import HANDLER_GROUPS
-from core.clock import Clock, SystemClock
+from consumers.services import Monitoring, Services
 from core.health import HealthServer, HealthServerError, broker_check, database_check
 from core.kafka import admin_client, create_broker
 from core.lag import lag_metrics_updater
-from core.monitoring import MonitoringSettings
 from core.outbox import OutboxRelay
 from core.pipeline.consumer import (
     TopicDeclaration,
@@ -47,14 +48,40 @@ from core.runtime import (
     resources_lifespan,
     settings_or_exit,
 )
-from core.schedule.settings import SchedulerSettings
 from core.settings import Settings
-from core.telegram.sender import SERVICE_KEY as SENDER_KEY
 from core.telegram.sender import TelegramSender
-from core.telegram.settings import SenderSettings
 from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 
 logger = logging.getLogger("dianabot.consumers")
+
+DISTRIBUTION = "dianabot-jobs"
+ASYNCAPI_TITLE = "DianaBot jobs"
+ASYNCAPI_DESCRIPTION = (
+    "The background-job service of DianaBot. Domain events travel on the Kafka topics of the "
+    "registry (contracts/topics.py); each record's value is one event envelope (JSON: event_id, "
+    "event_type, schema_version, occurred_at, producer, correlation and causation ids, key, payload), "
+    "its key the aggregate id, and event_id and event_type are also headers. Bot services publish "
+    "(directly or through the transactional outbox), the scheduler publishes scheduler.tick, and "
+    "handlers publish the events they cause. Every handler reads its topics as its own consumer "
+    "group, idempotently by event id; transient failures go to retry topics read by one shared "
+    "retry group per source topic, and exhausted or permanent failures to dianabot.dead_letters."
+)
+
+
+def service_version() -> str:
+    """The installed distribution's version; from a source tree that was never installed, pyproject's."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        if pyproject.is_file():
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        return "0+unknown"
+
+
+def asyncapi_specification() -> AsyncAPI:
+    """The AsyncAPI document's header: the service's name, the distribution's version, a summary."""
+    return AsyncAPI(title=ASYNCAPI_TITLE, version=service_version(), description=ASYNCAPI_DESCRIPTION)
 
 
 @dataclass
@@ -93,12 +120,10 @@ class Consumers:
 
 
 def build_consumers(
-    settings: Settings,
-    *,
-    groups: Iterable[HandlerGroup] = HANDLER_GROUPS,
-    clock: Clock | None = None,
-    services: Mapping[str, Any] | None = None,
+    settings: Settings, *, groups: Iterable[HandlerGroup] = HANDLER_GROUPS, services: Services | None = None
 ) -> Consumers:
+    """The consumers of ``groups``; their handlers get ``services`` (defaults, no sender, when None)."""
+    services = services or Services()
     provider = setup_tracing(settings.telemetry)
     resources = build_resources(settings)
     instrument_engine(resources.engine, provider)
@@ -108,9 +133,9 @@ def build_consumers(
     deps = PipelineDeps(
         session_factory=resources.session_factory,
         router=FailureRouter(broker),
-        clock=clock or SystemClock(),
+        clock=services.clock,
         producer=PRODUCER,
-        services=services or {},
+        services=services,
     )
     router = KafkaRouter()
     declarations = topic_declarations()
@@ -133,57 +158,37 @@ def build_consumers(
     return Consumers(settings, resources, broker, relay, declarations, names)
 
 
-SettingsSection = TypeVar("SettingsSection", bound=BaseSettings)
-
-
-def load_section(section: type[SettingsSection]) -> SettingsSection:
-    """A nested pydantic-settings section, or the process stops with one line naming the variables."""
-    try:
-        return section()
-    except ValidationError as error:
-        prefix = str(section.model_config.get("env_prefix", ""))
-        problems = [
-            f"{prefix}{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in error.errors(include_input=False, include_url=False)
-        ]
-        exit_with_one_line("invalid configuration: " + "; ".join(problems), code=2)
-        raise  # unreachable
-
-
-def production_services(settings: Settings) -> dict[str, Any]:
-    """The adapters handlers use: the one Telegram sender, and the domains' settings."""
-    return {
-        SENDER_KEY: TelegramSender.create(settings, load_section(SenderSettings)),
-        subscriptions.SETTINGS_KEY: load_section(subscriptions.SubscriptionSettings),
-        content.SETTINGS_KEY: load_section(content.ContentSettings),
-        channels.SETTINGS_KEY: load_section(channels.ChannelSettings),
-        gamification.SETTINGS_KEY: load_section(gamification.GamificationSettings),
-        subscriptions.TIMEZONE_KEY: settings.tz,
-        monitoring.SERVICE_KEY: monitoring.Monitoring(
-            load_section(MonitoringSettings),
+def production_services(settings: Settings) -> Services:
+    """What handlers use: the settings tree's sections, the one Telegram sender, monitoring's watch."""
+    return Services.from_settings(
+        settings,
+        telegram=TelegramSender.create(settings, settings.sender),
+        watching=Monitoring(
+            settings.monitoring,
             settings.kafka,
             settings.telegram.admin_chat_id,
             # The job table as the scheduler runs it (enabled flags, cron overrides).
-            monitoring.handled_jobs(load_section(SchedulerSettings).resolve_jobs()),
+            monitoring.handled_jobs(settings.scheduler.resolve_jobs()),
             settings.tz,
         ),
-    }
+    )
 
 
-def create_app(settings: Settings, **options: Any) -> FastStream:
+def create_app(
+    settings: Settings, *, groups: Iterable[HandlerGroup] = HANDLER_GROUPS, services: Services | None = None
+) -> FastStream:
     # Built only when the caller brings none: one sender per process, and no settings read for nothing.
-    options["services"] = options["services"] if "services" in options else production_services(settings)
-    consumers = build_consumers(settings, **options)
-    sender = options["services"].get(SENDER_KEY)
+    services = services or production_services(settings)
+    consumers = build_consumers(settings, groups=groups, services=services)
+    sender = services.telegram
     health = HealthServer(
         settings.telemetry.http_port,
         {"database": database_check(consumers.resources.engine), "kafka": broker_check(consumers.broker)},
         before_scrape=lag_metrics_updater(settings.kafka),
     )
-    watching = options["services"].get(monitoring.SERVICE_KEY)
     watchdog = (
-        monitoring.build_watchdog(consumers.resources.engine, watching, sender)
-        if isinstance(watching, monitoring.Monitoring) and isinstance(sender, TelegramSender)
+        monitoring.build_watchdog(consumers.resources.engine, services.watching, sender)
+        if services.watching is not None and sender is not None
         else None
     )
     stop_watchdog = asyncio.Event()
@@ -197,7 +202,9 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
                 logger.info("declared %d topics", len(created), extra={"topics": created})
             yield
 
-    app = FastStream(consumers.broker, lifespan=lifespan, logger=logger)
+    app = FastStream(
+        consumers.broker, lifespan=lifespan, logger=logger, specification=asyncapi_specification()
+    )
 
     @app.after_startup
     async def start_relay_and_announce() -> None:
@@ -231,7 +238,7 @@ def create_app(settings: Settings, **options: Any) -> FastStream:
     @app.after_shutdown
     async def close_sender() -> None:
         # After the broker stopped: it waits for handlers in flight, which may be mid-send.
-        if isinstance(sender, TelegramSender):
+        if sender is not None:
             await sender.close()
 
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from consumers.services import Services
 from contracts.events import BroadcastRequested, NotificationRequested, Priority
 from contracts.topics import BROADCASTS, NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
 from core.pipeline.handlers import HandlerContext, HandlerGroup
@@ -23,13 +24,12 @@ from core.telegram.broadcasts import (
     continuation_of,
     fan_out_step,
 )
-from core.telegram.sender import sender_from
 
 logger = logging.getLogger("dianabot.broadcasts")
 
 
 async def emit_notifications(
-    ctx: HandlerContext,
+    ctx: HandlerContext[Services],
     event: BroadcastRequested,
     step: FanOutStep,
     lane: TopicSpec,
@@ -61,9 +61,9 @@ def build_handlers(
     progress = ProgressReporter()
 
     @handlers.handler(BroadcastRequested, action="fan_out", topics=(broadcasts,), timeout_s=120)
-    async def broadcasts_fan_out_task(event: BroadcastRequested, ctx: HandlerContext) -> None:
+    async def broadcasts_fan_out_task(event: BroadcastRequested, ctx: HandlerContext[Services]) -> None:
         """Queue the next page of recipients; emit their notifications and, if needed, the next step."""
-        settings = sender_from(ctx.services).settings
+        settings = ctx.services.sender.settings
         step = await fan_out_step(ctx.session, event, chunk_size=settings.broadcast_chunk_size)
         lane = critical if event.priority is Priority.CRITICAL else bulk
         await emit_notifications(

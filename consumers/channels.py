@@ -19,14 +19,9 @@ the next run approve again, which Telegram answers as done or as no longer pendi
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.jobs import ScheduledJobs, jobs, run_in_batches
+from consumers.services import Services
 from contracts.events import ChannelJoinRequested, SchedulerTick
 from contracts.topics import CHANNELS, TopicSpec
 from core.domain.channels import (
@@ -39,45 +34,17 @@ from core.jobs import side_sessions
 from core.models import ChannelJoinRequest, JoinRequestStatus
 from core.pipeline.handlers import HandlerContext, HandlerGroup
 from core.telegram.errors import TelegramPermanentError, TelegramTransientError
-from core.telegram.sender import TelegramSender, sender_from
+from core.telegram.sender import TelegramSender
 
 logger = logging.getLogger("dianabot.channels")
-
-SETTINGS_KEY = "channels"
-"""The key of ``ChannelSettings`` in the pipeline's ``services`` (defaults when absent)."""
-
-
-class ChannelSettings(BaseSettings):
-    """``DIANABOT_CHANNELS__...``; read once by the composition root into ``services``."""
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_CHANNELS__", extra="forbid", frozen=True)
-
-    join_request_wait: timedelta = Field(
-        timedelta(minutes=5),
-        description="How long a free-channel join request waits before it is approved (PT5M).",
-    )
-    approvals_per_run: int = Field(
-        50, ge=1, le=1000, description="Requests one approval run claims at most; the rest wait a minute."
-    )
-    join_request_retention: timedelta = Field(
-        timedelta(days=30), description="Decided join requests are deleted this long after (P30D)."
-    )
-    batch_size: int = Field(1000, ge=1, le=10_000, description="Rows per batch of the cleanup job.")
-    max_batches: int = Field(1000, ge=1, description="Batches one cleanup run deletes at most.")
-
-
-_DEFAULTS = ChannelSettings.model_construct()
-
-
-def settings_from(services: Mapping[str, Any]) -> ChannelSettings:
-    found = services.get(SETTINGS_KEY)
-    return found if isinstance(found, ChannelSettings) else _DEFAULTS
 
 
 # --- handler -------------------------------------------------------------------------------------
 
 
-async def channels_record_join_request_task(event: ChannelJoinRequested, ctx: HandlerContext) -> None:
+async def channels_record_join_request_task(
+    event: ChannelJoinRequested, ctx: HandlerContext[Services]
+) -> None:
     """Record the join request; the approval job decides it when its wait is over."""
     if await record_join_request(ctx.session, event):
         logger.info("join request to chat %s recorded", event.chat_id)
@@ -96,14 +63,14 @@ def build_handlers(*, module: str = "channels", topic: TopicSpec = CHANNELS) -> 
 
 
 async def scheduled_minutely_join_request_approval(
-    tick: SchedulerTick, ctx: HandlerContext
+    tick: SchedulerTick, ctx: HandlerContext[Services]
 ) -> dict[str, int]:
     """Approve the requests that waited long enough by the tick's slot, in the job's transaction.
 
     The claimed rows stay locked until the run commits, so a concurrent run skips them.
     """
-    settings = settings_from(ctx.services)
-    sender = sender_from(ctx.services)
+    settings = ctx.services.channels
+    sender = ctx.services.sender
     counts = {"approved": 0, "expired": 0, "failed": 0, "retrying": 0}
     struggling: set[int] = set()
     claimed = await claim_waiting_requests(
@@ -140,9 +107,11 @@ async def _approve(sender: TelegramSender, request: ChannelJoinRequest) -> JoinR
     return JoinRequestStatus.APPROVED if approved else JoinRequestStatus.EXPIRED
 
 
-async def scheduled_daily_join_request_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_daily_join_request_cleanup(
+    tick: SchedulerTick, ctx: HandlerContext[Services]
+) -> dict[str, int]:
     """Delete join requests decided past the retention, one short transaction per batch."""
-    settings = settings_from(ctx.services)
+    settings = ctx.services.channels
     sessions = side_sessions(ctx.session)
     deleted = await run_in_batches(
         sessions,

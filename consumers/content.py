@@ -25,18 +25,16 @@ Errors of the database or the job itself fail the tick, which the pipeline retri
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import datetime
 from functools import partial
-from typing import Any
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.jobs import ScheduledJobs, jobs
+from consumers.services import Services
 from contracts.envelope import EventPayload
 from contracts.events import AlertRaised, MessageContent, PostScheduled, SchedulerTick
 from contracts.topics import ALERTS, CONTENT, TopicSpec
@@ -47,48 +45,13 @@ from core.domain.content import (
     schedule_next_occurrence,
     upsert_scheduled_post,
 )
+from core.domain.settings import ContentSettings
 from core.models import Channel, ChannelPost
 from core.pipeline.errors import PermanentError, TransientError, describe
 from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.telegram.sender import SendRequest, TelegramSender, sender_from
+from core.telegram.sender import SendRequest, TelegramSender
 
 logger = logging.getLogger("dianabot.content")
-
-SETTINGS_KEY = "content"
-"""The key of ``ContentSettings`` in the pipeline's ``services`` (defaults when absent)."""
-TIMEZONE_KEY = "timezone"
-"""The key of the bot's timezone (a ``tzinfo``) in the pipeline's ``services`` (UTC when absent):
-recurring posts keep their local wall-clock time across daylight-saving changes."""
-
-
-class ContentSettings(BaseSettings):
-    """``DIANABOT_CONTENT__...`` (environment only, like the sender's settings).
-
-    Read once by the composition root and put into the services under ``SETTINGS_KEY``.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_CONTENT__", extra="forbid", frozen=True)
-
-    posts_per_run: int = Field(
-        50, ge=1, le=1000, description="Posts one run claims and publishes at most; the rest wait a minute."
-    )
-    give_up_after: timedelta = Field(
-        timedelta(minutes=30),
-        description="A post whose sends keep failing transiently is failed this long after its time (PT30M).",
-    )
-
-
-_DEFAULTS = ContentSettings.model_construct()
-
-
-def settings_from(services: Mapping[str, Any]) -> ContentSettings:
-    found = services.get(SETTINGS_KEY)
-    return found if isinstance(found, ContentSettings) else _DEFAULTS
-
-
-def timezone_from(services: Mapping[str, Any]) -> tzinfo:
-    found = services.get(TIMEZONE_KEY)
-    return found if isinstance(found, tzinfo) else UTC
 
 
 @dataclass(frozen=True)
@@ -98,14 +61,14 @@ class Routes:
     content: TopicSpec = CONTENT
     alerts: TopicSpec = ALERTS
 
-    async def emit(self, ctx: HandlerContext, payload: EventPayload, topic: TopicSpec) -> None:
+    async def emit(self, ctx: HandlerContext[Services], payload: EventPayload, topic: TopicSpec) -> None:
         await ctx.emit(payload, topic=topic)
 
 
 # --- handler -------------------------------------------------------------------------------------
 
 
-async def content_record_scheduled_post_task(event: PostScheduled, ctx: HandlerContext) -> None:
+async def content_record_scheduled_post_task(event: PostScheduled, ctx: HandlerContext[Services]) -> None:
     """Create or update the post; a published or cancelled post stays as it is."""
     post = await upsert_scheduled_post(ctx.session, event)
     logger.info(
@@ -133,7 +96,7 @@ def build_handlers(*, module: str = "content", topic: TopicSpec = CONTENT) -> Ha
 class PublishingRun:
     """One run of the publishing job: its counts, and the channels that failed transiently."""
 
-    ctx: HandlerContext
+    ctx: HandlerContext[Services]
     routes: Routes
     sender: TelegramSender
     settings: ContentSettings
@@ -194,22 +157,20 @@ class PublishingRun:
 
     async def _next_occurrence(self, post: ChannelPost) -> None:
         if post.recurrence is not None:
-            upcoming = await schedule_next_occurrence(
-                self.ctx.session, post, tz=timezone_from(self.ctx.services)
-            )
+            upcoming = await schedule_next_occurrence(self.ctx.session, post, tz=self.ctx.services.timezone)
             self.counts["next_occurrences"] += upcoming is not None
 
 
 async def scheduled_minutely_post_publishing(
-    tick: SchedulerTick, ctx: HandlerContext, *, routes: Routes | None = None
+    tick: SchedulerTick, ctx: HandlerContext[Services], *, routes: Routes | None = None
 ) -> dict[str, int]:
     """Publish the posts due at the tick's slot, in the job's transaction.
 
     One claim per run: the claimed rows stay locked until the run commits, so a concurrent run
     skips them (and this run's own locks would not stop it from claiming a post it left scheduled).
     """
-    settings = settings_from(ctx.services)
-    run = PublishingRun(ctx, routes or Routes(), sender_from(ctx.services), settings, tick.slot)
+    settings = ctx.services.content
+    run = PublishingRun(ctx, routes or Routes(), ctx.services.sender, settings, tick.slot)
     for post in await claim_due_posts(ctx.session, tick.slot, limit=settings.posts_per_run):
         await run.publish(post)
     return run.counts

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from consumers.jobs import ScheduledJobs, jobs
+from consumers.services import Services
 from contracts.events import AlertRaised, EconomyDriftDetected, SchedulerTick
 from contracts.ids import derived_event_id
 from contracts.topics import TopicSpec
@@ -26,7 +27,7 @@ MAX_REPORTED = 1000
 ALERT_SAMPLE = 10
 
 
-async def scheduled_daily_economy_check(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_daily_economy_check(tick: SchedulerTick, ctx: HandlerContext[Services]) -> dict[str, int]:
     """Find drifted balances; report them as an alert and an event, change nothing."""
     report = await find_drifts(ctx.session, limit=MAX_REPORTED)
     if report.total == 0:

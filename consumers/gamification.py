@@ -20,23 +20,21 @@ Handlers (consumer groups ``dianabot.gamification.{action}``):
 
 Users are only ever told through ``notification.requested``; the notifications module sends it.
 
-Periods are local to the bot's timezone (``services["timezone"]``, UTC when absent) and taken from
+Periods are local to the bot's timezone (``ctx.services.timezone``) and taken from
 the tick's slot, not the wall clock, so a late or caught-up tick still assigns for its own day.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.jobs import ScheduledJobs, jobs, run_in_batches
+from consumers.services import Services
 from contracts.events import (
     BesitosEarned,
     DailyGiftClaimed,
@@ -54,7 +52,6 @@ from core.domain.gamification import (
     Assignment,
     Award,
     DailyGift,
-    DailyGiftRules,
     Period,
     active_missions,
     active_user_ids,
@@ -76,58 +73,6 @@ from core.pipeline.errors import PermanentError
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
 
 logger = logging.getLogger("dianabot.gamification")
-
-SETTINGS_KEY = "gamification"
-"""The key of ``GamificationSettings`` in the pipeline's ``services`` (defaults when absent)."""
-TIMEZONE_KEY = "timezone"
-"""The key of the bot's timezone (a ``tzinfo``) in the pipeline's ``services`` (UTC when absent)."""
-
-
-class GamificationSettings(BaseSettings):
-    """``DIANABOT_GAMIFICATION__...``; read once by the composition root into ``services``."""
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_GAMIFICATION__", extra="forbid", frozen=True)
-
-    active_within: timedelta = Field(
-        timedelta(days=30),
-        description="Missions go to users active (last_active_at) within this span before the slot (P30D).",
-    )
-    batch_size: int = Field(500, ge=1, le=10_000, description="Users per page of the assignment jobs.")
-    max_batches: int = Field(
-        1000, ge=1, description="Pages one job run handles at most (expiry batches too); the rest waits."
-    )
-    leaderboard_size: int = Field(10, ge=1, le=50, description="How many users the weekly leaderboard shows.")
-    daily_gift_base: int = Field(10, ge=1, description="Besitos the daily gift pays on every claim.")
-    daily_gift_bonuses: dict[int, int] = Field(
-        {3: 20, 7: 50, 14: 100, 30: 300},
-        description='Extra besitos on the day a streak reaches each length, as JSON: {"3": 20, ...}.',
-    )
-    daily_gift_cooldown: timedelta = Field(timedelta(hours=24), description="One paid claim per (PT24H).")
-    streak_broken_after: timedelta = Field(
-        timedelta(hours=48),
-        description="A claim later than this after the last one restarts the streak (PT48H).",
-    )
-
-    def daily_gift_rules(self) -> DailyGiftRules:
-        return DailyGiftRules(
-            base=self.daily_gift_base,
-            bonuses=dict(self.daily_gift_bonuses),
-            cooldown=self.daily_gift_cooldown,
-            streak_window=self.streak_broken_after,
-        )
-
-
-_DEFAULTS = GamificationSettings.model_construct()
-
-
-def settings_from(services: Mapping[str, Any]) -> GamificationSettings:
-    found = services.get(SETTINGS_KEY)
-    return found if isinstance(found, GamificationSettings) else _DEFAULTS
-
-
-def timezone_from(services: Mapping[str, Any]) -> tzinfo:
-    found = services.get(TIMEZONE_KEY)
-    return found if isinstance(found, tzinfo) else UTC
 
 
 # --- texts (literal content, Spanish unless the user's language is English) ----------------------
@@ -166,25 +111,29 @@ def daily_gift_text(gift: DailyGift, language_code: str | None) -> str:
 # --- jobs ----------------------------------------------------------------------------------------
 
 
-async def scheduled_daily_mission_assignment(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_daily_mission_assignment(
+    tick: SchedulerTick, ctx: HandlerContext[Services]
+) -> dict[str, int]:
     """Expire yesterday's unfinished daily missions and assign today's (local day of the slot)."""
-    period = local_day(tick.slot, timezone_from(ctx.services))
+    period = local_day(tick.slot, ctx.services.timezone)
     return await _reset_and_assign(tick, ctx, MissionType.DAILY, period)
 
 
-async def scheduled_weekly_mission_reset(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_weekly_mission_reset(
+    tick: SchedulerTick, ctx: HandlerContext[Services]
+) -> dict[str, int]:
     """Expire last week's unfinished weekly missions and assign this week's (local ISO week)."""
-    period = local_week(tick.slot, timezone_from(ctx.services))
+    period = local_week(tick.slot, ctx.services.timezone)
     return await _reset_and_assign(tick, ctx, MissionType.WEEKLY, period)
 
 
 async def _reset_and_assign(
-    tick: SchedulerTick, ctx: HandlerContext, mission_type: MissionType, period: Period
+    tick: SchedulerTick, ctx: HandlerContext[Services], mission_type: MissionType, period: Period
 ) -> dict[str, int]:
     """Each page commits on its own with its events (as the cleanup job's batches): a run over many
     users holds no long transaction, and a rerun after a crash inserts (and announces) only what
     is missing, since reassigning is a no-op."""
-    settings = settings_from(ctx.services)
+    settings = ctx.services.gamification
     sessions = side_sessions(ctx.session)
 
     async def expire_batch(session: AsyncSession, slot: datetime, limit: int) -> int:
@@ -217,7 +166,7 @@ async def _reset_and_assign(
     return {"missions_expired": expired, "users_seen": users, "missions_assigned": assigned}
 
 
-async def _announce(session: AsyncSession, ctx: HandlerContext, new: Sequence[Assignment]) -> None:
+async def _announce(session: AsyncSession, ctx: HandlerContext[Services], new: Sequence[Assignment]) -> None:
     """Per new assignment: one mission_assigned and one bulk prompt, ids from (user, mission, period)."""
     languages = await _languages(session, {a.user_id for a in new})
     for assignment in new:
@@ -248,16 +197,16 @@ async def _languages(session: AsyncSession, user_ids: set[int]) -> dict[int, str
     return {user_id: language for user_id, language in rows}
 
 
-async def scheduled_weekly_leaderboard(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_weekly_leaderboard(tick: SchedulerTick, ctx: HandlerContext[Services]) -> dict[str, int]:
     """Post the top earners of the 7 days before the slot to the free channel (one post per week)."""
-    settings = settings_from(ctx.services)
+    settings = ctx.services.gamification
     leaders = await top_earners(
         ctx.session, since=tick.slot - timedelta(days=7), until=tick.slot, limit=settings.leaderboard_size
     )
     if not leaders:
         logger.info("no besitos earned this week: no leaderboard posted")
         return {"leaders": 0, "posts": 0}
-    week = local_week(tick.slot - timedelta(days=7), timezone_from(ctx.services)).start
+    week = local_week(tick.slot - timedelta(days=7), ctx.services.timezone).start
     post_id = f"leaderboard:{week_label(week)}"
     post = PostScheduled(
         post_id=post_id,
@@ -281,10 +230,10 @@ async def free_channel(session: AsyncSession) -> int:
     return chat_id
 
 
-async def scheduled_daily_streak_reset(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_daily_streak_reset(tick: SchedulerTick, ctx: HandlerContext[Services]) -> dict[str, int]:
     """Break the streaks whose last claim is more than the streak window before the slot, one short
     transaction per batch (as the cleanup job), so a large backlog holds no long locks."""
-    settings = settings_from(ctx.services)
+    settings = ctx.services.gamification
     sessions = side_sessions(ctx.session)
     window = settings.streak_broken_after
 
@@ -316,7 +265,7 @@ def register_jobs(registry: ScheduledJobs, *, ticks: tuple[TopicSpec, ...] = ())
 # --- handlers ------------------------------------------------------------------------------------
 
 
-async def gamification_award_mission_task(event: MissionCompleted, ctx: HandlerContext) -> None:
+async def gamification_award_mission_task(event: MissionCompleted, ctx: HandlerContext[Services]) -> None:
     """Pay the completed mission's besitos once, then announce the earning and tell the user."""
     award = await award_mission(
         ctx.session,
@@ -345,9 +294,9 @@ async def gamification_award_mission_task(event: MissionCompleted, ctx: HandlerC
     await ctx.emit(notice, event_id=derived_event_id("notification.mission_award", award.idempotency_key))
 
 
-async def gamification_claim_daily_gift_task(event: DailyGiftClaimed, ctx: HandlerContext) -> None:
+async def gamification_claim_daily_gift_task(event: DailyGiftClaimed, ctx: HandlerContext[Services]) -> None:
     """Pay the daily gift (and a streak milestone's bonus) once, then announce it and tell the user."""
-    rules = settings_from(ctx.services).daily_gift_rules()
+    rules = ctx.services.gamification.daily_gift_rules()
     gift = await claim_daily_gift(
         ctx.session, user_id=event.user_id, claimed_at=event.claimed_at, rules=rules
     )

@@ -5,7 +5,7 @@ A domain module declares a job function; the wrapper does the bookkeeping every 
     from consumers.jobs import jobs
 
     @jobs.scheduled("scheduled_daily_cleanup", timeout_s=900)
-    async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+    async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext[Services]) -> dict[str, int]:
         ...
         return {"rows_deleted": n}
 
@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from consumers.services import Services
 from contracts.events import JobCompleted, JobFailed, SchedulerTick
 from contracts.ids import derived_event_id
 from contracts.topics import TopicSpec
@@ -58,7 +59,8 @@ logger = logging.getLogger("dianabot.jobs")
 # Time the bookkeeping around a job may take on top of the job's own time limit.
 BOOKKEEPING_S = 30.0
 
-JobFunc = Callable[[SchedulerTick, HandlerContext], Awaitable[Mapping[str, int] | None]]
+# A job function may ask for any services type, like any handler (``HandlerContext[Services]`` here).
+JobFunc = Callable[[SchedulerTick, HandlerContext[Any]], Awaitable[Mapping[str, int] | None]]
 
 
 class JobRunner:
@@ -73,7 +75,7 @@ class JobRunner:
         self.timeout_s = timeout_s
         self.stale_after = stale_after
 
-    async def __call__(self, tick: SchedulerTick, ctx: HandlerContext) -> None:
+    async def __call__(self, tick: SchedulerTick, ctx: HandlerContext[Any]) -> None:
         if tick.job != self.job:
             return
         run = RunKey(self.job, ctx.envelope.event_id, tick.slot, tick.kind, ctx.attempt)
@@ -101,7 +103,7 @@ class JobRunner:
         self,
         side: async_sessionmaker[AsyncSession],
         run: RunKey,
-        ctx: HandlerContext,
+        ctx: HandlerContext[Any],
         duration: float,
         error: Exception,
     ) -> None:
@@ -183,28 +185,6 @@ jobs = ScheduledJobs(handlers)
 # --- scheduled_daily_cleanup ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Retention:
-    """How long bookkeeping rows are kept; pass another one as ``services["retention"]``.
-
-    The ledger outlives the longest topic retention (dead letters and alerts: 30 days), so any
-    record that can still be redelivered or replayed is still recognised as a duplicate. The
-    send ledger is kept as long, for the same reason: it is what stops a replayed notification
-    from being sent twice. Broadcast recipients go with their sends (progress joins the two).
-    """
-
-    processed_events: timedelta = timedelta(days=35)
-    published_outbox: timedelta = timedelta(days=7)
-    job_runs: timedelta = timedelta(days=90)
-    telegram_sends: timedelta = timedelta(days=35)
-    broadcast_recipients: timedelta = timedelta(days=35)
-    expired_invite_links: timedelta = timedelta(days=7)
-    # Outlives every source topic's retention, so a record that can still be re-read keeps its claim.
-    dead_letter_claims: timedelta = timedelta(days=35)
-    batch_size: int = 5000
-    max_batches: int = 1000
-
-
 async def purge_published_outbox_before(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
     """Delete one bounded batch of outbox rows published before ``cutoff``; call until it returns 0."""
     return await delete_batch(
@@ -247,9 +227,9 @@ async def run_in_batches(
 
 
 @jobs.scheduled("scheduled_daily_cleanup", timeout_s=900)
-async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext[Services]) -> dict[str, int]:
     """Purge bookkeeping rows past their retention (counted back from the slot), table by table."""
-    retention = ctx.services.get("retention") or Retention()
+    retention = ctx.services.retention
     sessions = side_sessions(ctx.session)
     purges: dict[str, tuple[BatchStep, timedelta]] = {
         "processed_events_deleted": (ledger.purge_processed_before, retention.processed_events),

@@ -30,8 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -40,22 +39,20 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.jobs import ScheduledJobs, jobs
+from consumers.services import Monitoring, Services
 from contracts.events import AlertRaised, AlertResolved, MessageContent, Priority, SchedulerTick
 from contracts.ids import derived_event_id
 from contracts.topics import ALERTS, TopicSpec
 from core import metrics
 from core.incidents import AlertIncident, Notice, open_incidents, record_raised, record_resolved
-from core.monitoring import HEARTBEAT_JOB, JobTotals, MonitoringSettings, cleared, job_totals, run_checks
+from core.monitoring import HEARTBEAT_JOB, JobTotals, cleared, job_totals, run_checks
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
 from core.schedule.jobs import JobDefinition
-from core.settings import KafkaSettings
-from core.telegram.sender import SendRequest, TelegramSender, sender_from
+from core.telegram.sender import SendRequest, TelegramSender
 from core.watchdog import Watchdog, database_probe, kafka_probe
 
 logger = logging.getLogger("dianabot.monitoring")
 
-SERVICE_KEY = "monitoring"
-"""The key of ``Monitoring`` in the pipeline's ``services``."""
 SUMMARY_JOB = "scheduled_daily_job_summary"
 DAY = timedelta(days=1)
 # Telegram's limit is 4096 characters; lists are cut well before it.
@@ -63,38 +60,19 @@ MAX_TEXT = 3800
 MAX_LISTED_INCIDENTS = 20
 
 
-@dataclass(frozen=True)
-class Monitoring:
-    """What the monitoring jobs and handler need; built once by the composition root."""
-
-    settings: MonitoringSettings
-    kafka: KafkaSettings
-    admin_chat_id: int
-    jobs: tuple[JobDefinition, ...]
-    timezone: ZoneInfo
-
-
 def handled_jobs(table: Iterable[JobDefinition], registry: ScheduledJobs = jobs) -> tuple[JobDefinition, ...]:
     """The jobs of ``table`` that have a handler: a tick nobody handles leaves no run to judge."""
     return tuple(job for job in table if job.name in registry.registered)
-
-
-def monitoring_from(services: Mapping[str, Any]) -> Monitoring:
-    found = services.get(SERVICE_KEY)
-    if not isinstance(found, Monitoring):
-        # Not a PermanentError: a wiring mistake must not dead-letter every alert.
-        raise RuntimeError(f"no Monitoring in the pipeline services under {SERVICE_KEY!r}")
-    return found
 
 
 # --- jobs ----------------------------------------------------------------------------------------
 
 
 async def scheduled_minutely_monitoring_heartbeat(
-    tick: SchedulerTick, ctx: HandlerContext, *, alerts: TopicSpec = ALERTS
+    tick: SchedulerTick, ctx: HandlerContext[Services], *, alerts: TopicSpec = ALERTS
 ) -> dict[str, int]:
     """Run the checks; raise an alert per finding, resolve each open incident that cleared."""
-    monitoring = monitoring_from(ctx.services)
+    monitoring = ctx.services.monitoring
     now = ctx.clock.now()
     result = await run_checks(
         ctx.session,
@@ -129,9 +107,9 @@ async def scheduled_minutely_monitoring_heartbeat(
     return {"findings": len(result.findings), "resolved": len(done)}
 
 
-async def scheduled_daily_job_summary(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_daily_job_summary(tick: SchedulerTick, ctx: HandlerContext[Services]) -> dict[str, int]:
     """Tell the admin chat how the jobs did over the 24 h of slots before this one, and what is open."""
-    monitoring = monitoring_from(ctx.services)
+    monitoring = ctx.services.monitoring
     totals = await job_totals(ctx.session, tick.slot - DAY, tick.slot)
     incidents = await open_incidents(ctx.session)
     text = summary_text(totals, incidents, tick.slot - DAY, monitoring.timezone)
@@ -144,7 +122,7 @@ async def scheduled_daily_job_summary(tick: SchedulerTick, ctx: HandlerContext) 
 
 
 async def _emit(
-    ctx: HandlerContext, payload: AlertRaised | AlertResolved, event_id: Any, topic: TopicSpec
+    ctx: HandlerContext[Services], payload: AlertRaised | AlertResolved, event_id: Any, topic: TopicSpec
 ) -> None:
     await ctx.emit(payload, event_id=event_id, topic=topic)
 
@@ -162,9 +140,11 @@ def register_jobs(
 # --- the handler ---------------------------------------------------------------------------------
 
 
-async def monitoring_notify_admin_task(event: AlertRaised | AlertResolved, ctx: HandlerContext) -> None:
+async def monitoring_notify_admin_task(
+    event: AlertRaised | AlertResolved, ctx: HandlerContext[Services]
+) -> None:
     """Open, update or close the alert's incident; tell the admin chat when a notice is due."""
-    monitoring = monitoring_from(ctx.services)
+    monitoring = ctx.services.monitoring
     if isinstance(event, AlertRaised):
         notice = await record_raised(
             ctx.session,
@@ -185,14 +165,14 @@ async def monitoring_notify_admin_task(event: AlertRaised | AlertResolved, ctx: 
     await _tell_admin(ctx, monitoring, notice.send_key, notice_text(notice, resolution))
 
 
-async def _tell_admin(ctx: HandlerContext, monitoring: Monitoring, key: str, text: str) -> None:
+async def _tell_admin(ctx: HandlerContext[Services], monitoring: Monitoring, key: str, text: str) -> None:
     request = SendRequest(
         key=key,
         chat_id=monitoring.admin_chat_id,
         content=MessageContent(text=text[:MAX_TEXT]),
         priority=Priority.CRITICAL,
     )
-    result = await sender_from(ctx.services).send(request)
+    result = await ctx.services.sender.send(request)
     logger.info("admin chat %s: %s", key, result.outcome.value)
 
 

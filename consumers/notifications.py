@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from consumers.services import Services
 from contracts.events import MessageContent, NotificationRequested
 from contracts.topics import NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
 from core.models import User
@@ -25,7 +26,7 @@ from core.pipeline.handlers import BatchContext, Delivery, HandlerGroup
 from core.telegram import metrics
 from core.telegram.broadcasts import ProgressReporter, broadcasts_of, notification_key
 from core.telegram.ledger import SendIntent
-from core.telegram.sender import SendOutcome, SendRequest, TelegramSender, sender_from
+from core.telegram.sender import SendOutcome, SendRequest, TelegramSender
 from core.telegram.templates import render
 
 logger = logging.getLogger("dianabot.notifications")
@@ -122,10 +123,10 @@ def build_handlers(
         retry_delays_s=RETRY_DELAYS_S,
     )
     async def notifications_send_task(
-        deliveries: Sequence[Delivery[NotificationRequested]], ctx: BatchContext
+        deliveries: Sequence[Delivery[NotificationRequested]], ctx: BatchContext[Services]
     ) -> None:
         """Load the recipients, send every user's messages (users in parallel), report broadcasts."""
-        sender = sender_from(ctx.services)
+        sender = ctx.services.sender
         recipients = await load_recipients(ctx.session, {d.payload.user_id for d in deliveries})
         by_user: dict[int, list[Delivery[NotificationRequested]]] = defaultdict(list)
         for delivery in deliveries:

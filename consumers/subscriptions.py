@@ -22,18 +22,15 @@ its event id, so a redelivered or retried event never sends it twice; member cal
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import UTC, timedelta, tzinfo
+from datetime import timedelta
 from functools import partial
-from typing import Any
 from uuid import UUID
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.jobs import ScheduledJobs, jobs
+from consumers.services import Services
 from contracts.envelope import EventPayload
 from contracts.events import (
     Priority,
@@ -60,15 +57,11 @@ from core.models import Channel, ChannelKind, Subscription, SubscriptionStatus, 
 from core.pipeline.errors import PermanentError
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
 from core.telegram.models import SendStatus, TelegramSend
-from core.telegram.sender import SendRequest, sender_from
+from core.telegram.sender import SendRequest
 from core.telegram.templates import TEMPLATES, render
 
 logger = logging.getLogger("dianabot.subscriptions")
 
-SETTINGS_KEY = "subscriptions"
-"""The key of ``SubscriptionSettings`` in the pipeline's ``services`` (defaults when absent)."""
-TIMEZONE_KEY = "timezone"
-"""The key of the bot's timezone (a ``tzinfo``) in the pipeline's ``services`` (UTC when absent)."""
 
 # A removal must not be forgotten: retries outlast a long Telegram outage, then the dead letter.
 KICK_RETRY_DELAYS_S = (10.0, 60.0, 300.0, 1800.0, 7200.0)
@@ -77,64 +70,14 @@ HANDLER_TIMEOUT_S = 150.0
 _IN_CHANNEL = frozenset({"member", "administrator", "creator"})
 
 
-class SubscriptionSettings(BaseSettings):
-    """``DIANABOT_SUBSCRIPTIONS__...`` (environment only, like the sender's settings).
-
-    Read once by the composition root and put into the services under ``SETTINGS_KEY``.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_SUBSCRIPTIONS__", extra="forbid", frozen=True)
-
-    reminder_windows: tuple[timedelta, ...] = Field(
-        (timedelta(days=7), timedelta(days=1)),
-        description="How long before the end each reminder goes out: a JSON list of ISO 8601 durations "
-        "or seconds, e.g. [P7D, P1D] quoted as JSON strings; one reminder per window and cycle, "
-        "only the narrowest due window's.",
-    )
-    archive_after: timedelta = Field(
-        timedelta(days=30), description="Archive expired subscriptions this long after they ended (P30D)."
-    )
-    batch_size: int = Field(500, ge=1, le=10_000, description="Rows per page or batch of a job.")
-    max_batches: int = Field(
-        100, ge=1, description="Pages one job run handles at most; the rest waits for the next run."
-    )
-    invite_link_ttl: timedelta = Field(
-        timedelta(hours=1), description="How long a single-use VIP invite link stays valid (PT1H)."
-    )
-    renew_url: str = Field(
-        "https://t.me/DianaBot?start=renew", description="Where the renew buttons of reminders lead."
-    )
-
-    @field_validator("reminder_windows", "invite_link_ttl", "archive_after")
-    @classmethod
-    def _positive(cls, value: Any) -> Any:
-        spans = value if isinstance(value, tuple) else (value,)
-        if any(span <= timedelta(0) for span in spans):
-            raise ValueError("durations must be positive")
-        return value
-
-
-_DEFAULTS = SubscriptionSettings.model_construct()
-
-
-def settings_from(services: Mapping[str, Any]) -> SubscriptionSettings:
-    found = services.get(SETTINGS_KEY)
-    return found if isinstance(found, SubscriptionSettings) else _DEFAULTS
-
-
-def timezone_from(services: Mapping[str, Any]) -> tzinfo:
-    found = services.get(TIMEZONE_KEY)
-    return found if isinstance(found, tzinfo) else UTC
-
-
 # --- jobs ----------------------------------------------------------------------------------------
 
 
 async def scheduled_hourly_subscription_expiry_reminders(
-    tick: SchedulerTick, ctx: HandlerContext, *, topic: TopicSpec = SUBSCRIPTIONS
+    tick: SchedulerTick, ctx: HandlerContext[Services], *, topic: TopicSpec = SUBSCRIPTIONS
 ) -> dict[str, int]:
     """Emit the reminders due at the tick's slot, page by page, each marked sent with its event."""
-    settings = settings_from(ctx.services)
+    settings = ctx.services.subscriptions
     emitted, after_id = 0, 0
     for _ in range(settings.max_batches):
         page = await reminders_due(
@@ -153,10 +96,10 @@ async def scheduled_hourly_subscription_expiry_reminders(
 
 
 async def scheduled_hourly_subscription_expiry(
-    tick: SchedulerTick, ctx: HandlerContext, *, topic: TopicSpec = SUBSCRIPTIONS
+    tick: SchedulerTick, ctx: HandlerContext[Services], *, topic: TopicSpec = SUBSCRIPTIONS
 ) -> dict[str, int]:
     """Mark the subscriptions ended by the tick's slot expired, one ``subscription.expired`` each."""
-    settings = settings_from(ctx.services)
+    settings = ctx.services.subscriptions
     expired = 0
     for _ in range(settings.max_batches):
         ended = await expire_ended(ctx.session, tick.slot, limit=settings.batch_size)
@@ -170,13 +113,15 @@ async def scheduled_hourly_subscription_expiry(
     return {"subscriptions_expired": expired}
 
 
-async def scheduled_daily_subscription_archive(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:
+async def scheduled_daily_subscription_archive(
+    tick: SchedulerTick, ctx: HandlerContext[Services]
+) -> dict[str, int]:
     """Archive expired subscriptions past the retention, one short transaction per batch, until none.
 
     Not in the handler's transaction (as the cleanup job): a large backlog would hold its locks for
     the whole run. Each batch is idempotent, so a crash half-way loses nothing.
     """
-    settings = settings_from(ctx.services)
+    settings = ctx.services.subscriptions
     sessions = side_sessions(ctx.session)
     archived = 0
     for _ in range(settings.max_batches):
@@ -210,7 +155,9 @@ def register_jobs(
 # --- handlers ------------------------------------------------------------------------------------
 
 
-async def subscriptions_send_expiry_reminder_task(event: SubscriptionExpiring, ctx: HandlerContext) -> None:
+async def subscriptions_send_expiry_reminder_task(
+    event: SubscriptionExpiring, ctx: HandlerContext[Services]
+) -> None:
     """Send the reminder of one window, unless the subscription was renewed or ended since."""
     subscription = await ctx.session.get(Subscription, event.subscription_id)
     if subscription is None or subscription.status != SubscriptionStatus.ACTIVE:
@@ -219,9 +166,9 @@ async def subscriptions_send_expiry_reminder_task(event: SubscriptionExpiring, c
     if subscription.end_at != event.end_at:
         logger.info("reminder dropped: the subscription was renewed since it was due")
         return
-    settings = settings_from(ctx.services)
+    settings = ctx.services.subscriptions
     params = {
-        "end_date": event.end_at.astimezone(timezone_from(ctx.services)).date().isoformat(),
+        "end_date": event.end_at.astimezone(ctx.services.timezone).date().isoformat(),
         "renew_url": settings.renew_url,
     }
     user = await _user(ctx.session, event.user_id)
@@ -235,7 +182,9 @@ def reminder_template(kind: str) -> str:
     return specific if specific in TEMPLATES else "subscription.reminder"
 
 
-async def subscriptions_remove_expired_member_task(event: SubscriptionExpired, ctx: HandlerContext) -> None:
+async def subscriptions_remove_expired_member_task(
+    event: SubscriptionExpired, ctx: HandlerContext[Services]
+) -> None:
     """Ban the user from the VIP channel, set them free and say goodbye, unless they renewed.
 
     ``should_kick`` locks the subscription and the user until this transaction ends, so a renewal
@@ -247,7 +196,7 @@ async def subscriptions_remove_expired_member_task(event: SubscriptionExpired, c
         return
     channel = await vip_channel(ctx.session)
     user = await _user(ctx.session, event.user_id)
-    was_there = await sender_from(ctx.services).ban_chat_member(channel, user.telegram_id)
+    was_there = await ctx.services.sender.ban_chat_member(channel, user.telegram_id)
     await record_kicked(ctx.session, event.subscription_id, ctx.clock.now())
     await set_user_free(ctx.session, event.user_id)
     logger.info(
@@ -255,7 +204,7 @@ async def subscriptions_remove_expired_member_task(event: SubscriptionExpired, c
         extra={"user_id": user.id},
     )
     if user.state != UserState.BANNED:
-        params = {"renew_url": settings_from(ctx.services).renew_url}
+        params = {"renew_url": ctx.services.subscriptions.renew_url}
         key = f"subscription.farewell:{ctx.envelope.event_id}"
         await _send(ctx, user, key, "subscription.expired_farewell", params)
 
@@ -263,7 +212,7 @@ async def subscriptions_remove_expired_member_task(event: SubscriptionExpired, c
 Granting = SubscriptionStarted | SubscriptionRenewed
 
 
-async def subscriptions_grant_access_task(event: Granting, ctx: HandlerContext) -> None:
+async def subscriptions_grant_access_task(event: Granting, ctx: HandlerContext[Services]) -> None:
     """Make the user VIP and let them into the VIP channel with one single-use invite link.
 
     A user already in the channel (a renewal before expiry) needs no link. A redelivered event finds
@@ -286,7 +235,7 @@ async def subscriptions_grant_access_task(event: Granting, ctx: HandlerContext) 
     if await _already_sent(ctx.session, key):
         return
     channel = await vip_channel(ctx.session)
-    sender = sender_from(ctx.services)
+    sender = ctx.services.sender
     member = await sender.get_chat_member(channel, user.telegram_id)
     if member is not None and member.status in _IN_CHANNEL:
         logger.info("already in the VIP channel: no invite link needed", extra={"user_id": user.id})
@@ -296,7 +245,7 @@ async def subscriptions_grant_access_task(event: Granting, ctx: HandlerContext) 
     if user.bot_blocked_at is not None:
         logger.info("user blocked the bot: unbanned, no invite link sent", extra={"user_id": user.id})
         return
-    ttl = settings_from(ctx.services).invite_link_ttl
+    ttl = ctx.services.subscriptions.invite_link_ttl
     name = f"subscription {subscription.id}"
     link = await sender.create_invite_link(channel, expires_in=ttl, name=name)
     await record_invite_link(
@@ -358,7 +307,9 @@ async def vip_channel(session: AsyncSession) -> int:
     return chat_id
 
 
-async def _emit(ctx: HandlerContext, payload: EventPayload, event_id: UUID, topic: TopicSpec) -> None:
+async def _emit(
+    ctx: HandlerContext[Services], payload: EventPayload, event_id: UUID, topic: TopicSpec
+) -> None:
     """``ctx.emit`` with a deterministic id, on ``topic`` (the registry's, or a test's own)."""
     await ctx.emit(payload, event_id=event_id, topic=topic)
 
@@ -376,7 +327,9 @@ async def _already_sent(session: AsyncSession, key: str) -> bool:
     return status in (SendStatus.SENT, SendStatus.UNKNOWN, SendStatus.BLOCKED)
 
 
-async def _send(ctx: HandlerContext, user: User, key: str, template: str, params: dict[str, str]) -> None:
+async def _send(
+    ctx: HandlerContext[Services], user: User, key: str, template: str, params: dict[str, str]
+) -> None:
     """One critical message to the user in their language; users who blocked the bot are skipped."""
     if user.bot_blocked_at is not None:
         logger.info("user blocked the bot: %s not sent", template, extra={"user_id": user.id})
@@ -388,7 +341,7 @@ async def _send(ctx: HandlerContext, user: User, key: str, template: str, params
         priority=Priority.CRITICAL,
         user_id=user.id,
     )
-    result = await sender_from(ctx.services).send(request)
+    result = await ctx.services.sender.send(request)
     logger.info("%s: %s", template, result.outcome.value, extra={"user_id": user.id})
 
 

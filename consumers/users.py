@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import text
 
+from consumers.services import Services
 from contracts.events import UserActivity, UserRegistered
 from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
 
@@ -26,7 +27,7 @@ _CREATE_BALANCE = text("INSERT INTO balances (user_id) VALUES (:user_id) ON CONF
 
 
 @handlers.handler(UserRegistered, action="register", timeout_s=10)
-async def users_register_task(event: UserRegistered, ctx: HandlerContext) -> None:
+async def users_register_task(event: UserRegistered, ctx: HandlerContext[Services]) -> None:
     """Create the user (and an empty balance) unless the bot registered it already."""
     await ctx.session.execute(
         _CREATE_USER,
@@ -53,7 +54,9 @@ _MOVE_LAST_ACTIVE_FORWARD = text(
 
 
 @handlers.batch_handler(UserActivity, action="record_activity", timeout_s=10)
-async def users_record_activity_task(events: Sequence[Delivery[UserActivity]], ctx: BatchContext) -> None:
+async def users_record_activity_task(
+    events: Sequence[Delivery[UserActivity]], ctx: BatchContext[Services]
+) -> None:
     """Move each user's last_active_at forward to their latest activity in the batch (never back:
     activity events may arrive out of order)."""
     latest: dict[int, datetime] = {}

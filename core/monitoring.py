@@ -22,8 +22,6 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from aiokafka.structs import TopicPartition
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -31,7 +29,8 @@ from core.findings import KEY_PREFIX, CheckResult, Finding
 from core.incidents import read_counter, write_counter
 from core.jobs import JobRun, JobRunStatus
 from core.kafka import admin_client
-from core.lag import DEFAULT_PREFIX, GroupLag, group_lags, log_bounds
+from core.lag import GroupLag, group_lags, log_bounds
+from core.monitoring_settings import MonitoringSettings
 from core.pipeline.errors import describe
 from core.pipeline.handlers import is_retry_group
 from core.schedule.cron import CronSchedule
@@ -43,59 +42,6 @@ from core.watchdog import DATABASE_KEY, KAFKA_KEY, Probe, database_probe, kafka_
 logger = logging.getLogger("dianabot.monitoring")
 
 HEARTBEAT_JOB = "scheduled_minutely_monitoring_heartbeat"
-
-
-class MonitoringSettings(BaseSettings):
-    """``DIANABOT_MONITORING__...``; read once by the composition root into ``services``."""
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_MONITORING__", extra="forbid", frozen=True)
-
-    lag_threshold: int = Field(
-        1000, ge=1, description="Records a consumer group may be behind before an alert."
-    )
-    lag_group_thresholds: dict[str, int] = Field(
-        {"dianabot.notifications.send.bulk": 50_000},
-        description="Per-group thresholds over lag_threshold. A broadcast queues its whole audience on "
-        "the bulk lane at once (10,000 recipients are about 7 minutes at 25/s): that backlog is the plan, "
-        "not an incident.",
-    )
-    lag_group_prefix: str = Field(DEFAULT_PREFIX, description="Consumer groups whose lag is watched.")
-
-    def lag_threshold_for(self, group: str) -> int:
-        return self.lag_group_thresholds.get(group, self.lag_threshold)
-
-    lag_ignored_prefixes: tuple[str, ...] = Field(
-        ("dianabot.cli.",),
-        description="Groups left out of the lag check (the CLI's dead-letter replay cursor lags by design).",
-    )
-    dead_letter_topic: str = Field("dianabot.dead_letters", description="The dead-letter topic watched.")
-    dead_letter_threshold: int = Field(
-        1, ge=1, description="New dead letters between two heartbeats that raise an alert."
-    )
-    parked_topic_prefix: str = Field(
-        "", description="Outbox topics whose parked rows raise an alert (all of them by default)."
-    )
-    stored_dead_letter_handler_prefix: str = Field(
-        "", description="Handlers whose dead letters stored in PostgreSQL raise an alert (all by default)."
-    )
-    run_allowance: timedelta = Field(
-        timedelta(minutes=10),
-        description="How long a job's run may take after its slot's misfire grace before it counts as "
-        "missing (PT10M).",
-    )
-    remind_every: timedelta = Field(
-        timedelta(hours=1), description="An open incident is re-announced at most this often (PT1H)."
-    )
-    quiet_resolve_after: timedelta = Field(
-        timedelta(days=2),
-        description="Incidents raised elsewhere (economy, posts) and not raised again for this long are "
-        "closed (P2D): their raisers never say when they clear.",
-    )
-    probe_timeout_s: float = Field(5.0, gt=0, description="Time limit of each reachability probe.")
-    watchdog_interval_s: float = Field(15.0, gt=0, description="How often the in-process watchdog probes.")
-    watchdog_failures: int = Field(
-        4, ge=1, description="Consecutive failed probes before the watchdog tells the admin chat."
-    )
 
 
 # --- lag -----------------------------------------------------------------------------------------
@@ -152,7 +98,7 @@ def dead_letter_findings(
                 key,
                 "warning",
                 f"{grown} new dead letters on {topic} since the previous heartbeat ({current} in all); "
-                "see `python -m core.cli dlq list`.",
+                "see `dianabot dlq list`.",
                 {"topic": topic, "new": grown, "end_offsets_total": current},
             )
         )

@@ -9,5 +9,5 @@ state.py     each job's last slot in PostgreSQL, advanced with its ticks in one 
 leader.py    leader election by a PostgreSQL advisory lock on a dedicated connection
 service.py   one replica: standby until it leads, then the ticker and the tick relay
 app.py       ``faststream run schedulers.app:app``
-cli.py       ``python -m schedulers list`` / ``python -m schedulers trigger JOB``
+cli.py       ``dianabot jobs list|trigger`` (also ``python -m schedulers list|trigger JOB``)
 """

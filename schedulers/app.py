@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 from functools import cache
 
 from faststream import FastStream
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from contracts.topics import SCHEDULER_TICKS
 from core.clock import Clock, SystemClock
@@ -23,8 +25,9 @@ from core.pipeline.consumer import TopicDeclaration, declare_topics
 from core.publisher import EventPublisher
 from core.runtime import Resources, build_resources, exit_with_one_line, resources_lifespan, settings_or_exit
 from core.schedule.cron import CronSchedule
-from core.schedule.settings import SchedulerSettings, load_scheduler_settings
-from core.settings import ConfigError, Settings
+from core.schedule.settings import SchedulerSettings
+from core.settings import Settings
+from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 from schedulers.leader import AdvisoryLock
 from schedulers.planning import ScheduledJob
 from schedulers.service import SchedulerService
@@ -45,6 +48,8 @@ def build_service(
     resources: Resources,
     publisher: EventPublisher,
     clock: Clock | None = None,
+    *,
+    provider: TracerProvider | None = None,
 ) -> SchedulerService:
     relay = OutboxRelay(
         resources.session_factory, publisher, topics={scheduler.tick_topic}, ack_timeout_s=10.0
@@ -60,16 +65,24 @@ def build_service(
         ),
         relay=relay,
         clock=clock or SystemClock(),
+        tracer=trace.get_tracer("dianabot.scheduler", tracer_provider=provider),
     )
 
 
 def create_app(
     settings: Settings, scheduler: SchedulerSettings | None = None, *, clock: Clock | None = None
 ) -> FastStream:
-    scheduler = scheduler or load_scheduler_settings()
+    scheduler = scheduler or settings.scheduler
+    # Traced as the consumers are: OTLP export when DIANABOT_TELEMETRY__OTLP_ENDPOINT is set, the
+    # tick's trace context on its record, SQL spans beneath the tick's span.
+    provider = setup_tracing(settings.telemetry)
     resources = build_resources(settings)
-    broker = create_broker(settings.kafka, logger=logging.getLogger("dianabot.broker"))
-    service = build_service(settings, scheduler, resources, EventPublisher(broker, PRODUCER), clock)
+    instrument_engine(resources.engine, provider)
+    broker = create_broker(
+        settings.kafka, logger=logging.getLogger("dianabot.broker"), middlewares=kafka_middlewares(provider)
+    )
+    publisher = EventPublisher(broker, PRODUCER)
+    service = build_service(settings, scheduler, resources, publisher, clock, provider=provider)
     health = HealthServer(
         scheduler.http_port, {"database": database_check(resources.engine), "kafka": broker_check(broker)}
     )
@@ -121,17 +134,9 @@ async def _declare_tick_topic(settings: Settings, topic: str) -> None:
         await admin.close()
 
 
-def _scheduler_settings_or_exit() -> SchedulerSettings:
-    try:
-        return load_scheduler_settings()
-    except ConfigError as error:
-        exit_with_one_line(str(error), code=2)
-        raise  # unreachable; keeps type checkers honest
-
-
 @cache
 def _default_app() -> FastStream:
-    return create_app(settings_or_exit(), _scheduler_settings_or_exit())
+    return create_app(settings_or_exit())
 
 
 def __getattr__(name: str) -> FastStream:

@@ -1,37 +1,49 @@
-"""Operator commands: ``python -m schedulers list`` and ``python -m schedulers trigger JOB``.
+"""Operator commands on scheduled jobs: ``dianabot jobs list`` and ``dianabot jobs trigger JOB``
+(also ``python -m schedulers list`` and ``python -m schedulers trigger JOB``).
 
 ``list`` shows every job of the table: its cron (local time), timezone, whether it is enabled,
 its policies, its next fire times, the last slot the scheduler emitted, and its last run (from
 ``job_runs``). ``trigger`` emits a manual tick now, with a fresh event id (so it is never taken
 for a duplicate of a scheduled tick), through the outbox; it is published at once when Kafka is
-reachable, else by the scheduler's relay as soon as it is.
+reachable, else by the scheduler's relay as soon as it is. Both take ``--json``; job names
+complete from the job table (``core.schedule.jobs``).
+
+Neither sends a message, so neither reads the Telegram settings: ``ToolSettings`` is every
+section but that one, and a missing bot token is no error here.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import typer
+from rich.console import Console
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.cli.output import Table, stdout_console
+from core.cli.runner import run_app
 from core.clock import Clock, SystemClock
+from core.db import create_engine, create_session_factory
 from core.jobs import JobRun, SchedulerJobState
 from core.kafka import create_broker
+from core.logs import configure_logging
 from core.outbox import OutboxRelay
 from core.publisher import EventPublisher
-from core.runtime import Resources, build_resources, settings_or_exit
 from core.schedule.cron import CronSchedule
-from core.schedule.jobs import JobDefinition
-from core.schedule.settings import SchedulerSettings, load_scheduler_settings
-from core.settings import ConfigError, Settings
+from core.schedule.jobs import JOBS, JobDefinition
+from core.schedule.settings import SchedulerSettings
+from core.settings import ConfigError, ToolSettings, load_tool_settings
 from schedulers.state import PRODUCER, PgTickStore
+
+Sessions = async_sessionmaker[AsyncSession]
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ class JobStatus:
 
 
 async def job_statuses(
-    settings: Settings, scheduler: SchedulerSettings, resources: Resources, clock: Clock, count: int = 3
+    tz: ZoneInfo, scheduler: SchedulerSettings, sessions: Sessions, clock: Clock, count: int = 3
 ) -> tuple[list[JobStatus], str | None]:
     """Every job with its next fire times and, if the database answers, its last slot and run."""
     now = clock.now()
@@ -84,13 +96,13 @@ async def job_statuses(
     last_runs: dict[str, LastRun] = {}
     problem = None
     try:
-        last_slots, last_runs = await _stored(resources)
+        last_slots, last_runs = await _stored(sessions)
     except Exception as error:
         problem = f"database unavailable ({type(error).__name__}): last slots and runs not shown"
     statuses = [
         JobStatus(
             job,
-            CronSchedule(job.cron, settings.tz).next_n(now, count),
+            CronSchedule(job.cron, tz).next_n(now, count),
             last_slots.get(job.name),
             last_runs.get(job.name),
         )
@@ -99,8 +111,8 @@ async def job_statuses(
     return statuses, problem
 
 
-async def _stored(resources: Resources) -> tuple[dict[str, datetime], dict[str, LastRun]]:
-    async with resources.session_factory() as session:
+async def _stored(sessions: Sessions) -> tuple[dict[str, datetime], dict[str, LastRun]]:
+    async with sessions() as session:
         state = await session.execute(select(SchedulerJobState.job, SchedulerJobState.last_slot))
         slots = {job: last_slot for job, last_slot in state}
         rows = await session.execute(
@@ -115,46 +127,61 @@ async def _stored(resources: Resources) -> tuple[dict[str, datetime], dict[str, 
     return slots, runs
 
 
-def render_table(statuses: Sequence[JobStatus], tz: ZoneInfo) -> str:
-    header = ("JOB", "CRON", "ON", "CATCH-UP", "GRACE", "OVERLAP", "NEXT FIRE", "LAST SLOT", "LAST RUN")
-    rows = [header]
+JOB_COLUMNS = ("job", "cron", "on", "catch_up", "grace", "overlap", "next_fire", "last_slot", "last_run")
+
+
+def jobs_table(statuses: Sequence[JobStatus], tz: ZoneInfo) -> Table:
+    rows = []
     for status in statuses:
         job, run = status.job, status.last_run
         rows.append(
-            (
-                job.name,
-                job.cron,
-                "yes" if job.enabled else "no",
-                job.catch_up.value,
-                f"{job.misfire_grace_s:g}s",
-                job.overlap.value,
-                _local(status.next_fires[0], tz) if status.next_fires else "-",
-                _local(status.last_slot, tz) if status.last_slot else "-",
-                f"{run.status} {_local(run.started_at, tz)}"
+            {
+                "job": job.name,
+                "cron": job.cron,
+                "on": "yes" if job.enabled else "no",
+                "catch_up": job.catch_up.value,
+                "grace": f"{job.misfire_grace_s:g}s",
+                "overlap": job.overlap.value,
+                "next_fire": _local(status.next_fires[0], tz) if status.next_fires else "-",
+                "last_slot": _local(status.last_slot, tz) if status.last_slot else "-",
+                "last_run": f"{run.status} {_local(run.started_at, tz)}"
                 + (f" ({run.duration_s:.1f}s)" if run.duration_s else "")
                 if run
                 else "-",
-            )
+            }
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    return "\n".join([f"timezone: {tz.key}", *lines])
+    return Table(rows, JOB_COLUMNS, title=f"timezone: {tz.key}", titles={"catch_up": "CATCH-UP"})
+
+
+def render_table(statuses: Sequence[JobStatus], tz: ZoneInfo) -> str:
+    return jobs_table(statuses, tz).text()
 
 
 def _local(instant: datetime, tz: ZoneInfo) -> str:
     return instant.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-async def list_jobs(settings: Settings, scheduler: SchedulerSettings, as_json: bool, count: int) -> int:
-    resources = build_resources(settings)
+def _sessions(settings: ToolSettings) -> tuple[Any, Sessions]:
+    engine = create_engine(settings.database)
+    return engine, create_session_factory(engine)
+
+
+async def list_jobs(
+    settings: ToolSettings,
+    scheduler: SchedulerSettings,
+    as_json: bool,
+    count: int,
+    console: Console | None = None,
+) -> int:
+    engine, sessions = _sessions(settings)
     try:
-        statuses, problem = await job_statuses(settings, scheduler, resources, SystemClock(), count)
+        statuses, problem = await job_statuses(settings.tz, scheduler, sessions, SystemClock(), count)
     finally:
-        await resources.engine.dispose()
+        await engine.dispose()
     if as_json:
         print(json.dumps([s.as_json(settings.tz) for s in statuses], indent=2))
+    elif console is not None:
+        console.print(jobs_table(statuses, settings.tz).rich())
     else:
         print(render_table(statuses, settings.tz))
     if problem:
@@ -162,29 +189,38 @@ async def list_jobs(settings: Settings, scheduler: SchedulerSettings, as_json: b
     return 0
 
 
-async def trigger_job(settings: Settings, scheduler: SchedulerSettings, job: str) -> int:
+async def trigger_job(
+    settings: ToolSettings,
+    scheduler: SchedulerSettings,
+    job: str,
+    as_json: bool = False,
+    listing: str = "python -m schedulers list",
+) -> int:
     if job not in {j.name for j in scheduler.resolve_jobs()}:
-        print(f"unknown job {job!r}; see `python -m schedulers list`", file=sys.stderr)
+        print(f"unknown job {job!r}; see `{listing}`", file=sys.stderr)
         return 2
-    resources = build_resources(settings)
+    engine, sessions = _sessions(settings)
     try:
-        envelope = await PgTickStore(resources.session_factory, topic=scheduler.tick_topic).trigger(
-            job, SystemClock().now()
-        )
-        print(f"manual tick for {job} at {envelope.payload['slot']}: event {envelope.event_id}")
-        published = await _publish_ticks(settings, scheduler, resources)
-        print("published" if published else "queued in the outbox: the scheduler's relay will publish it")
+        envelope = await PgTickStore(sessions, topic=scheduler.tick_topic).trigger(job, SystemClock().now())
+        slot, event_id = envelope.payload["slot"], envelope.event_id
+        if not as_json:
+            print(f"manual tick for {job} at {slot}: event {event_id}", flush=True)
+        published = await _publish_ticks(settings, scheduler, sessions)
+        if as_json:
+            print(json.dumps({"job": job, "slot": slot, "event_id": str(event_id), "published": published}))
+        else:
+            print("published" if published else "queued in the outbox: the scheduler's relay will publish it")
     finally:
-        await resources.engine.dispose()
+        await engine.dispose()
     return 0
 
 
-async def _publish_ticks(settings: Settings, scheduler: SchedulerSettings, resources: Resources) -> bool:
+async def _publish_ticks(settings: ToolSettings, scheduler: SchedulerSettings, sessions: Sessions) -> bool:
     broker = create_broker(settings.kafka)
     try:
         await asyncio.wait_for(broker.connect(), settings.kafka.connect_timeout_s)
         relay = OutboxRelay(
-            resources.session_factory,
+            sessions,
             EventPublisher(broker, PRODUCER),
             topics={scheduler.tick_topic},
             ack_timeout_s=settings.kafka.connect_timeout_s,
@@ -197,25 +233,52 @@ async def _publish_ticks(settings: Settings, scheduler: SchedulerSettings, resou
     return True
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m schedulers", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="jobs, next fire times, last slots and runs")
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    listing.add_argument("--next", type=int, default=3, help="how many next fire times (JSON)")
-    trigger = commands.add_parser("trigger", help="emit a manual tick for JOB now")
-    trigger.add_argument("job")
-    return parser.parse_args(argv)
+# --- commands as typed ------------------------------------------------------------------------
+
+app = typer.Typer(help="Scheduled jobs: list, trigger.", no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _settings() -> tuple[ToolSettings, SchedulerSettings]:
+    try:
+        settings = load_tool_settings()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise typer.Exit(2) from None
+    configure_logging(settings.telemetry.log_level, settings.telemetry.log_json)
+    return settings, settings.scheduler
+
+
+def complete_job(incomplete: str) -> list[str]:
+    """Shell completion of job names: the job table's."""
+    return [job.name for job in JOBS if job.name.startswith(incomplete)]
+
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command("list")
+def list_command(
+    next_fires: Annotated[int, typer.Option("--next", help="How many next fire times (JSON).")] = 3,
+    as_json: AsJson = False,
+) -> int:
+    """Jobs, next fire times, last slots and runs."""
+    settings, scheduler = _settings()
+    console = None if as_json else stdout_console()
+    return asyncio.run(list_jobs(settings, scheduler, as_json, max(1, next_fires), console))
+
+
+@app.command("trigger")
+def trigger_command(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", autocompletion=complete_job, show_default=False)],
+    as_json: AsJson = False,
+) -> int:
+    """Emit a manual tick for JOB now."""
+    settings, scheduler = _settings()
+    listing = f"{ctx.parent.command_path} list" if ctx.parent else "list"
+    return asyncio.run(trigger_job(settings, scheduler, job, as_json, listing))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    settings = settings_or_exit()
-    try:
-        scheduler = load_scheduler_settings()
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    if args.command == "list":
-        return asyncio.run(list_jobs(settings, scheduler, args.json, max(1, args.next)))
-    return asyncio.run(trigger_job(settings, scheduler, args.job))
+    """``python -m schedulers``: the ``jobs`` commands of ``dianabot``."""
+    return int(run_app(app, argv, "python -m schedulers"))

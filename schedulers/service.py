@@ -7,6 +7,10 @@ while a consumer process runs; relaying here keeps tick lateness at a few millis
 flowing while the consumers are being deployed. Both relays lock rows with ``SKIP LOCKED`` and
 mark them, so a row is published by one of them (at least once, as always with the outbox; a
 repeat carries the same event id). The leader's relay only takes rows of the tick topic.
+
+Tracing: the ticker's span of each emission is where a tick's trace starts (schedulers/ticker.py).
+The tick relay's own SQL is not traced: it polls every ``relay_poll_interval_s`` when idle, and
+each poll would be a trace of its own; the publish of a tick still joins the tick's trace.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.trace import Tracer
 
 from core.clock import Clock
 from core.outbox import OutboxRelay
@@ -45,7 +53,8 @@ class TickRelay:
         while not stop.is_set():
             self._poked.clear()
             try:
-                published = await self._relay.relay_once()
+                with suppress_instrumentation():  # the relay's SQL (see the module docstring)
+                    published = await self._relay.relay_once()
                 backoff = 0.0
             except Exception:
                 backoff = min(10.0, max(0.5, backoff * 2))
@@ -66,6 +75,7 @@ class SchedulerService:
     lock: AdvisoryLock
     relay: OutboxRelay
     clock: Clock
+    tracer: Tracer = field(default_factory=lambda: trace.get_tracer("dianabot.scheduler"))
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -113,6 +123,7 @@ class SchedulerService:
             self.clock,
             max_catch_up_runs=self.settings.max_catch_up_runs,
             on_emitted=tick_relay.poke,
+            tracer=self.tracer,
         )
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(tick_relay.run(relay_stop), name="tick-relay")

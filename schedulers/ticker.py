@@ -3,6 +3,11 @@
 Each job's next slot is computed from its previous slot (``plan_due``), and the loop sleeps until
 an absolute instant on the injected clock, so a late wake-up makes one tick late without shifting
 any later one. Lateness of every on-time tick is exported as a histogram.
+
+Tracing: each emission (one job's due ticks, one transaction) is a span, ``dianabot.scheduler.tick``.
+The outbox stores the current trace context with every tick it writes (``add_to_outbox``), the
+relay publishes the record as a child of it (``traceparent`` header), and the job's handler span
+continues from that header: one trace from the tick to the job's work.
 """
 
 from __future__ import annotations
@@ -13,14 +18,20 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+from opentelemetry.util.types import AttributeValue
+
+from contracts.events import SchedulerTick
 from core.clock import Clock
 from schedulers import metrics
 from schedulers.planning import Plan, ScheduledJob, initial_cursor, plan_due
-from schedulers.state import TickStore
+from schedulers.state import TickStore, tick_event_id
 
 logger = logging.getLogger("dianabot.scheduler")
 
 MAX_ERROR_BACKOFF_S = 10.0
+TICK_SPAN = "dianabot.scheduler.tick"
 
 
 class Ticker:
@@ -34,8 +45,11 @@ class Ticker:
         *,
         max_catch_up_runs: int = 1000,
         on_emitted: Callable[[], None] = lambda: None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._jobs = {job.name: job for job in jobs}
+        # OpenTelemetry's global tracer unless given one: no-op until a tracer provider is installed.
+        self._tracer = tracer or trace.get_tracer("dianabot.scheduler")
         self._store = store
         self._clock = clock
         self._max_runs = max_catch_up_runs
@@ -66,9 +80,7 @@ class Ticker:
 
     async def _emit(self, job: ScheduledJob, now: datetime) -> int:
         plan = plan_due(job, self._last[job.name], now, self._max_runs)
-        if plan.changed and not await self._store.advance(
-            job.name, self._last[job.name], plan.last_slot, plan.ticks
-        ):
+        if plan.changed and not await self._advance(job, plan):
             logger.warning("job %s was advanced by another replica; reloading its state", job.name)
             await self.load()
             return 0
@@ -76,6 +88,26 @@ class Ticker:
         self._next[job.name] = plan.next_slot
         self._record(job, plan)
         return len(plan.ticks)
+
+    async def _advance(self, job: ScheduledJob, plan: Plan) -> bool:
+        """Move the job's cursor and write its ticks; with ticks, inside the emission's span."""
+        if not plan.ticks:
+            return await self._store.advance(job.name, self._last[job.name], plan.last_slot, plan.ticks)
+        attributes: dict[str, AttributeValue] = {
+            "dianabot.job": job.name,
+            "dianabot.event_type": SchedulerTick.event_type,
+            "dianabot.tick.slots": [tick.slot.isoformat() for tick in plan.ticks],
+            "dianabot.tick.kinds": [tick.kind for tick in plan.ticks],
+        }
+        event_ids = [str(tick_event_id(job.name, tick.slot)) for tick in plan.ticks]
+        if len(event_ids) == 1:
+            attributes["dianabot.event_id"] = event_ids[0]
+        else:
+            attributes["dianabot.event_ids"] = event_ids
+        with self._tracer.start_as_current_span(TICK_SPAN, attributes=attributes) as span:
+            advanced = await self._store.advance(job.name, self._last[job.name], plan.last_slot, plan.ticks)
+            span.set_attribute("dianabot.tick.emitted", advanced)
+            return advanced
 
     def _record(self, job: ScheduledJob, plan: Plan) -> None:
         emitted_at = self._clock.now()

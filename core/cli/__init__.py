@@ -1,17 +1,23 @@
 """The operator's command line: dead letters, consumer lag, jobs and broadcasts.
 
-    python -m core.cli dlq list [--handler H] [--source-topic T] [--limit N]
-    python -m core.cli dlq show PARTITION:OFFSET
-    python -m core.cli dlq replay PARTITION:OFFSET [PARTITION:OFFSET ...] [--dry-run] [--allow-topic T]
-    python -m core.cli dlq replay --all [--handler H] [--source-topic T] [--dry-run] [--allow-topic T]
-    python -m core.cli lag [--group G ...] [--lagging]
-    python -m core.cli jobs list | jobs trigger NAME          (delegated to schedulers.cli)
-    python -m core.cli broadcast progress ID                  (core.telegram.broadcasts, from PostgreSQL)
+    dianabot dlq list [--handler H] [--source-topic T] [--limit N]
+    dianabot dlq show PARTITION:OFFSET
+    dianabot dlq replay PARTITION:OFFSET [PARTITION:OFFSET ...] [--dry-run] [--allow-topic T]
+    dianabot dlq replay --all [--handler H] [--source-topic T] [--dry-run] [--allow-topic T]
+    dianabot lag [--group G ...] [--lagging]
+    dianabot jobs list | jobs trigger NAME         (schedulers.cli)
+    dianabot broadcast progress ID [--watch]       (core.telegram.broadcasts, from PostgreSQL)
 
-Output is an aligned text table; ``--json`` prints JSON instead. Only the ``DIANABOT_KAFKA__*``
-settings are read (and ``DIANABOT_DATABASE__*`` by ``broadcast``), so the tool needs no bot token.
-Exit status: 0 done, 1 failed (Kafka unreachable, no such dead letter, a replay that could not be
-published or was refused), 2 bad usage or settings. The dead-letter commands are in ``core.cli.dlq``.
+The commands are a Typer app, built here by `build_app`; the ``dianabot`` console script
+(``dianabot_cli``) adds the scheduler's ``jobs`` commands and completion of handler names from the
+handler registry, which this package may not import. ``python -m core.cli`` runs the same app, its
+``jobs`` handed to ``schedulers.cli`` when that is installed.
+
+Tables are drawn with Rich on a terminal and as aligned text otherwise; ``--json`` prints JSON
+instead. Only the ``DIANABOT_KAFKA__*`` settings are read (and ``DIANABOT_DATABASE__*`` by
+``broadcast``), so the tool needs no bot token. Exit status: 0 done, 1 failed (Kafka unreachable,
+no such dead letter, a replay that could not be published or was refused), 2 bad usage or
+settings. The dead-letter commands are in ``core.cli.dlq``.
 
 Replaying a dead letter publishes its original bytes, key and headers (less the pipeline's
 ``x-dlq-*``, ``x-original-*`` and retry headers, plus ``x-replayed-from: PARTITION:OFFSET``) to the
@@ -41,62 +47,38 @@ import argparse
 import asyncio
 import dataclasses
 import importlib
-import logging
+import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
 
-from aiokafka.errors import KafkaConnectionError, KafkaError
-from pydantic import BaseModel, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import typer
+from pydantic import BaseModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.cli import dlq
 from core.cli.dead_letters import H_REPLAYED_FROM, DeadLetter, PartitionProgress, parse_position
-from core.cli.dlq import add_dlq_commands
-from core.cli.output import CliError, count, emit, render_table
+from core.cli.output import CliError, Table, count, emit, render_table
+from core.cli.runner import Invocation, execute, load_kafka_settings, namespace, run_app
 from core.db import create_engine, create_session_factory
 from core.lag import GroupLag, group_lags
-from core.settings import (
-    ENV_NESTED_DELIMITER,
-    ENV_PREFIX,
-    ConfigError,
-    KafkaSettings,
-    describe_validation_error,
-    load_database_settings,
-)
+from core.settings import KafkaSettings, load_database_settings
 
 # Names the dead-letter tools were first imported by (tests, scripts).
 __all__ = [
     "H_REPLAYED_FROM",
     "CliError",
     "DeadLetter",
+    "Invocation",
     "PartitionProgress",
+    "build_app",
     "build_parser",
     "load_kafka_settings",
     "main",
     "parse_position",
     "render_table",
 ]
-
-
-# --- settings ---------------------------------------------------------------------------------
-
-
-class _KafkaOnly(BaseSettings):
-    """Just the Kafka section: an operator's shell needs no bot token or database URL."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, env_file=".env", extra="ignore"
-    )
-
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-
-
-def load_kafka_settings() -> KafkaSettings:
-    try:
-        return _KafkaOnly().kafka
-    except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
 
 
 LAG_COLUMNS = ("group", "topic", "partition", "committed", "end", "lag")
@@ -111,13 +93,13 @@ async def cmd_lag(args: argparse.Namespace, settings: KafkaSettings) -> int:
     return 0
 
 
-def _lag_text(lags: Sequence[GroupLag]) -> str:
+def _lag_text(lags: Sequence[GroupLag]) -> str | Table:
     if not lags:
         return "no partitions to report"
     groups = {lag.group for lag in lags}
     total = sum(lag.lag for lag in lags)
     rows = [dataclasses.asdict(lag) for lag in lags]
-    return render_table(rows, LAG_COLUMNS) + f"\ntotal lag {total} over {count(len(groups), 'group')}"
+    return Table(rows, LAG_COLUMNS, caption=f"total lag {total} over {count(len(groups), 'group')}")
 
 
 # --- delegated commands -----------------------------------------------------------------------
@@ -145,30 +127,96 @@ def run_jobs(argv: Sequence[str]) -> int:
 
 
 async def cmd_broadcast_progress(args: argparse.Namespace, settings: KafkaSettings) -> int:
-    """``core.telegram.broadcasts.broadcast_progress(session, broadcast_id)`` read from PostgreSQL."""
+    """``core.telegram.broadcasts.broadcast_progress(session, broadcast_id)`` read from PostgreSQL;
+    with ``--watch``, again every ``--interval`` seconds until the broadcast is finished."""
     progress_of = _load_optional("core.telegram.broadcasts", "broadcast_progress")
     if progress_of is None:
         raise CliError("broadcast progress is not available here (core.telegram.broadcasts is not installed)")
     database = load_database_settings()
     engine = create_engine(database)
+    sessions = create_session_factory(engine)
+
+    async def read() -> dict[str, Any]:
+        try:
+            async with sessions() as session:
+                progress = await progress_of(session, args.broadcast_id)
+        except (OSError, SQLAlchemyError) as error:
+            raise CliError(f"PostgreSQL at {database.safe_url()}: {type(error).__name__}") from None
+        if progress is None:
+            raise CliError(f"no broadcast {args.broadcast_id!r}")
+        data = _as_mapping(progress)
+        if "finished" not in data and hasattr(progress, "finished"):
+            data["finished"] = bool(progress.finished)
+        return data
+
     try:
-        async with create_session_factory(engine)() as session:
-            progress = await progress_of(session, args.broadcast_id)
-    except (OSError, SQLAlchemyError) as error:
-        raise CliError(f"PostgreSQL at {database.safe_url()}: {type(error).__name__}") from None
+        data = await read()
+        if getattr(args, "watch", False):
+            data = await _watch(args, data, read)
+            if args.json:  # one JSON object per line was printed, the last one finished
+                return 0
     finally:
         await engine.dispose()
-    if progress is None:
-        raise CliError(f"no broadcast {args.broadcast_id!r}")
-    data = _as_mapping(progress)
-    if "finished" not in data and hasattr(progress, "finished"):
-        data["finished"] = bool(progress.finished)
-    emit(
-        args,
-        data,
-        lambda: render_table([{"field": k, "value": v} for k, v in data.items()], ("field", "value")),
-    )
+    emit(args, data, lambda: Table([{"field": k, "value": v} for k, v in data.items()], ("field", "value")))
     return 0
+
+
+_COUNTS = ("sent", "failed", "blocked", "unknown")
+
+
+def _settled(data: Mapping[str, Any]) -> tuple[int, int | None]:
+    """(messages settled, recipients): sent, failed, blocked or unknown, of the audience so far."""
+    recipients = data.get("recipients")
+    if not isinstance(recipients, int):
+        return 0, None
+    pending = data.get("pending")
+    return recipients - (pending if isinstance(pending, int) else 0), recipients
+
+
+def _progress_line(data: Mapping[str, Any]) -> str:
+    settled, recipients = _settled(data)
+    counts = ", ".join(
+        f"{k} {data[k]}" for k in ("sent", "failed", "blocked", "unknown", "pending") if k in data
+    )
+    of = f"{settled}/{recipients} settled" if recipients is not None else "progress"
+    return f"{data.get('broadcast_id', '?')}: {of} ({counts})" + (" finished" if data.get("finished") else "")
+
+
+async def _watch(args: argparse.Namespace, data: dict[str, Any], read: Callable[[], Any]) -> dict[str, Any]:
+    """Poll until finished: a Rich progress bar on a terminal, else a line per change (with
+    ``--json`` a JSON object per line)."""
+    console = args.console
+    bar = None
+    if console is not None:
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        bar.start()
+    task = None if bar is None else bar.add_task(f"broadcast {args.broadcast_id}", total=None, counts="")
+    last: dict[str, Any] | None = None
+    try:
+        while True:
+            if bar is not None and task is not None:
+                settled, recipients = _settled(data)
+                counts = " ".join(
+                    f"{k} {data[k]}" for k in ("sent", "failed", "blocked", "unknown") if k in data
+                )
+                bar.update(task, completed=settled, total=recipients, counts=counts)
+            elif data != last:
+                print(json.dumps(data, default=str) if args.json else _progress_line(data), flush=True)
+            last = data
+            if data.get("finished"):
+                return data
+            await asyncio.sleep(args.interval)
+            data = await read()
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def _as_mapping(result: Any) -> dict[str, Any]:
@@ -181,64 +229,88 @@ def _as_mapping(result: Any) -> dict[str, Any]:
     return dict(result)
 
 
-# --- parser and entry point -------------------------------------------------------------------
+# --- the app ----------------------------------------------------------------------------------
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+broadcast_app = typer.Typer(help="Broadcasts.", no_args_is_help=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.cli", description="DianaBot jobs: operator tools.")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_dlq_commands(commands, common)
-    lag = commands.add_parser("lag", parents=[common], help="consumer-group lag per partition")
-    lag.add_argument("--group", action="append", help="only this group (repeatable); default: dianabot.*")
-    lag.add_argument("--lagging", action="store_true", help="only partitions with lag > 0")
-    lag.set_defaults(run=cmd_lag)
-    jobs = commands.add_parser("jobs", help="scheduled jobs: jobs list | jobs trigger NAME (schedulers.cli)")
-    jobs.add_argument("args", nargs=argparse.REMAINDER, help="list | trigger NAME")
-    broadcast = commands.add_parser("broadcast", help="broadcasts")
-    broadcast_commands = broadcast.add_subparsers(dest="broadcast_command", required=True, metavar="COMMAND")
-    progress = broadcast_commands.add_parser("progress", parents=[common], help="a broadcast's progress")
-    progress.add_argument("broadcast_id", metavar="ID")
-    progress.set_defaults(run=cmd_broadcast_progress)
-    return parser
+def lag_command(
+    ctx: typer.Context,
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", help="Only this group (repeatable); default: dianabot.*."),
+    ] = None,
+    lagging: Annotated[bool, typer.Option("--lagging", help="Only partitions with lag > 0.")] = False,
+    as_json: AsJson = False,
+) -> Any:
+    """Consumer-group lag per partition."""
+    return execute(ctx, cmd_lag, namespace(as_json, group=group or [], lagging=lagging))
 
 
-async def _run(
-    command: Callable[[argparse.Namespace, KafkaSettings], Awaitable[int]],
-    args: argparse.Namespace,
-    settings: KafkaSettings,
-) -> int:
-    try:
-        return await command(args, settings)
-    except CliError as error:
-        print(f"error: {error}", file=sys.stderr)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    except (KafkaConnectionError, OSError) as error:
-        print(
-            f"error: Kafka is unreachable at {settings.bootstrap_servers}: {type(error).__name__}",
-            file=sys.stderr,
-        )
-    except KafkaError as error:
-        print(f"error: Kafka at {settings.bootstrap_servers} refused: {error}", file=sys.stderr)
-    return 1
+@broadcast_app.command("progress")
+def broadcast_progress_command(
+    ctx: typer.Context,
+    broadcast_id: Annotated[str, typer.Argument(metavar="ID", show_default=False)],
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow it (a progress bar on a terminal) until it is finished.")
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between reads.")] = 2.0,
+    as_json: AsJson = False,
+) -> Any:
+    """A broadcast's progress, from PostgreSQL (no bot token needed)."""
+    args = namespace(as_json, broadcast_id=broadcast_id, watch=watch, interval=interval)
+    return execute(ctx, cmd_broadcast_progress, args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["jobs"]:  # its options are the scheduler CLI's, not ours
-        return run_jobs(arguments[1:])
-    args = build_parser().parse_args(arguments)
-    try:
-        settings = load_kafka_settings()
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    # aiokafka logs every failed connection attempt; the one-line error says it all.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    return asyncio.run(_run(args.run, args, settings))
+def jobs_command(ctx: typer.Context) -> Any:
+    """Scheduled jobs: jobs list | jobs trigger NAME (schedulers.cli)."""
+    return run_jobs(ctx.args)
+
+
+_PASS_ON = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def build_app(jobs: typer.Typer | None = None) -> typer.Typer:
+    """The operator app: dlq, lag, broadcast, and `jobs` (else ``jobs`` runs ``schedulers.cli``)."""
+    app = typer.Typer(
+        help="DianaBot jobs: operator tools.", no_args_is_help=True, pretty_exceptions_enable=False
+    )
+    app.add_typer(dlq.app, name="dlq")
+    app.command("lag")(lag_command)
+    if jobs is not None:
+        app.add_typer(jobs, name="jobs")
+    else:
+        app.command(
+            "jobs",
+            context_settings={
+                "allow_extra_args": True,
+                "ignore_unknown_options": True,
+                "help_option_names": [],
+            },
+        )(jobs_command)
+    app.add_typer(broadcast_app, name="broadcast")
+    return app
+
+
+class _Parser:
+    def parse_args(self, argv: Sequence[str]) -> argparse.Namespace:
+        parsed = run_app(build_app(), argv, "python -m core.cli", Invocation(parse_only=True))
+        if not isinstance(parsed, argparse.Namespace):
+            raise SystemExit(parsed)
+        return parsed
+
+
+def build_parser() -> _Parser:
+    """``build_parser().parse_args(argv)``: a dlq, lag or broadcast command's arguments, parsed by
+    the app without running them, with the coroutine to run as ``.run(args, kafka_settings)`` (for
+    callers that have an event loop of their own, such as tests)."""
+    return _Parser()
+
+
+def main(argv: Sequence[str] | None = None, *, kafka: KafkaSettings | None = None) -> int:
+    """``python -m core.cli``: the app without the scheduler's commands built in."""
+    return int(run_app(build_app(), argv, "python -m core.cli", Invocation(kafka=kafka)))
 
 
 if __name__ == "__main__":

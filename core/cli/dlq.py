@@ -12,7 +12,9 @@ import dataclasses
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from contracts.topics import DEAD_LETTERS, TOPICS
 from core.cli.dead_letters import (
@@ -23,7 +25,8 @@ from core.cli.dead_letters import (
     PartitionProgress,
     parse_position,
 )
-from core.cli.output import CliError, count, emit, render_table, short_time
+from core.cli.output import CliError, Table, View, count, emit, progress_bar, short_time, stderr_console
+from core.cli.runner import complete_handler, execute, namespace
 from core.pipeline.records import H_ORIGINAL_TOPIC
 from core.settings import KafkaSettings
 
@@ -187,7 +190,7 @@ async def cmd_dlq_list(args: argparse.Namespace, settings: KafkaSettings) -> int
     shown = groups[-args.limit :] if args.limit else groups
     rows = [_list_row(copies, progress) for copies in shown]
 
-    def text() -> str:
+    def text() -> View:
         table_rows = [
             {**r, "failed_at": short_time(r["failed_at"]), "replayed": "yes" if r["replayed"] else "no"}
             for r in rows
@@ -196,7 +199,7 @@ async def cmd_dlq_list(args: argparse.Namespace, settings: KafkaSettings) -> int
             f" (the last {len(shown)} shown)" if len(shown) < len(groups) else ""
         )
         heading += _copies_note(len(letters), len(groups))
-        return heading + "\n" + render_table(table_rows, LIST_COLUMNS, LIST_WIDTHS) if rows else heading
+        return Table(table_rows, LIST_COLUMNS, LIST_WIDTHS, title=heading) if rows else heading
 
     emit(args, rows, text)
     return 0
@@ -282,11 +285,13 @@ async def _replay_all(dlq: DeadLetterTopic, replayer: Replayer, args: argparse.N
             replayer.replayed_before(letter)
         else:
             fresh.append(letter)
-    for letter in fresh:
-        await replayer.replay(letter)
+    with progress_bar(getattr(args, "progress_console", None), "replaying", len(fresh)) as advance:
+        for letter in fresh:
+            await replayer.replay(letter)
+            advance()
 
 
-def _replay_text(results: Sequence[ReplayResult], args: argparse.Namespace) -> str:
+def _replay_text(results: Sequence[ReplayResult], args: argparse.Namespace) -> View:
     if not results:
         return "nothing to replay" + (" (every matching dead letter was replayed before)" if args.all else "")
     counts: dict[str, int] = {}
@@ -295,49 +300,120 @@ def _replay_text(results: Sequence[ReplayResult], args: argparse.Namespace) -> s
         counts[status] = counts.get(status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in counts.items())
     copies = sum(len(r.duplicates) for r in results)
-    table = render_table([r.row() for r in results], REPLAY_COLUMNS, {"handler": 48})
-    return f"{table}\n{count(len(results), 'dead letter')} from {args.topic}: {summary}" + _copies_note(
+    caption = f"{count(len(results), 'dead letter')} from {args.topic}: {summary}" + _copies_note(
         len(results) + copies, len(results)
     )
+    return Table([r.row() for r in results], REPLAY_COLUMNS, {"handler": 48}, caption=caption)
 
 
-# --- parser -----------------------------------------------------------------------------------
+# --- commands as typed ------------------------------------------------------------------------
+
+app = typer.Typer(help="Dead letters: list, show, replay.", no_args_is_help=True)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Topic = Annotated[str, typer.Option("--topic", help="The dead-letter topic.")]
+ProgressGroup = Annotated[str, typer.Option("--progress-group", help="The consumer group recording replays.")]
+Handler = Annotated[
+    str | None,
+    typer.Option(
+        "--handler",
+        help="Only dead letters of this handler (dianabot.module.action).",
+        autocompletion=complete_handler,
+    ),
+]
 
 
-def add_dlq_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    dlq_common = argparse.ArgumentParser(add_help=False, parents=[common])
-    dlq_common.add_argument("--topic", default=DEAD_LETTERS.name, help="the dead-letter topic (%(default)s)")
-    dlq_common.add_argument(
-        "--progress-group", default=PROGRESS_GROUP, help="group recording replays (%(default)s)"
+def _complete_topic(incomplete: str) -> list[str]:
+    return sorted(name for name in REPLAYABLE_TOPICS if name.startswith(incomplete))
+
+
+SourceTopic = Annotated[
+    str | None,
+    typer.Option(
+        "--source-topic",
+        help="Only dead letters that first entered this topic.",
+        autocompletion=_complete_topic,
+    ),
+]
+
+
+def _position(text: str) -> tuple[int, int]:
+    try:
+        return parse_position(text)
+    except argparse.ArgumentTypeError as error:
+        raise typer.BadParameter(str(error), param_hint="'PARTITION:OFFSET'") from None
+
+
+@app.command("list")
+def list_command(
+    ctx: typer.Context,
+    handler: Handler = None,
+    source_topic: SourceTopic = None,
+    limit: Annotated[int, typer.Option("--limit", help="Show the last N (0: all).")] = 50,
+    topic: Topic = DEAD_LETTERS.name,
+    progress_group: ProgressGroup = PROGRESS_GROUP,
+    as_json: AsJson = False,
+) -> Any:
+    """A table of dead letters (copies collapsed), oldest first."""
+    args = namespace(
+        as_json,
+        handler=handler,
+        source_topic=source_topic,
+        limit=limit,
+        topic=topic,
+        progress_group=progress_group,
     )
-    dlq = commands.add_parser("dlq", help="dead letters: list, show, replay")
-    sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
-    listing = sub.add_parser(
-        "list", parents=[dlq_common], help="a table of dead letters (copies collapsed), oldest first"
-    )
-    _add_filters(listing)
-    listing.add_argument(
-        "--limit", type=int, default=50, help="show the last N (0: all; default %(default)s)"
-    )
-    listing.set_defaults(run=cmd_dlq_list)
-    show = sub.add_parser("show", parents=[dlq_common], help="one dead letter's headers and body")
-    show.add_argument("position", type=parse_position, metavar="PARTITION:OFFSET")
-    show.set_defaults(run=cmd_dlq_show)
-    replay = sub.add_parser("replay", parents=[dlq_common], help="publish dead letters to their source topic")
-    replay.add_argument("positions", nargs="*", type=parse_position, metavar="PARTITION:OFFSET")
-    replay.add_argument("--all", action="store_true", help="every dead letter not replayed before")
-    _add_filters(replay)
-    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed, publish nothing")
-    replay.add_argument(
-        "--allow-topic",
-        action="append",
-        default=[],
-        metavar="TOPIC",
-        help="also replay to TOPIC, which is not in the topic registry (repeatable)",
-    )
-    replay.set_defaults(run=cmd_dlq_replay)
+    return execute(ctx, cmd_dlq_list, args)
 
 
-def _add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--handler", help="only dead letters of this handler (dianabot.module.action)")
-    parser.add_argument("--source-topic", help="only dead letters that first entered this topic")
+@app.command("show")
+def show_command(
+    ctx: typer.Context,
+    position: Annotated[str, typer.Argument(metavar="PARTITION:OFFSET", show_default=False)],
+    topic: Topic = DEAD_LETTERS.name,
+    progress_group: ProgressGroup = PROGRESS_GROUP,
+    as_json: AsJson = False,
+) -> Any:
+    """One dead letter's headers and body."""
+    args = namespace(as_json, position=_position(position), topic=topic, progress_group=progress_group)
+    return execute(ctx, cmd_dlq_show, args)
+
+
+@app.command("replay")
+def replay_command(
+    ctx: typer.Context,
+    positions: Annotated[
+        list[str] | None, typer.Argument(metavar="[PARTITION:OFFSET]...", show_default=False)
+    ] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Every dead letter not replayed before.")] = False,
+    handler: Handler = None,
+    source_topic: SourceTopic = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be replayed, publish nothing.")
+    ] = False,
+    allow_topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-topic",
+            metavar="TOPIC",
+            help="Also replay to TOPIC, which is not in the topic registry (repeatable).",
+        ),
+    ] = None,
+    topic: Topic = DEAD_LETTERS.name,
+    progress_group: ProgressGroup = PROGRESS_GROUP,
+    as_json: AsJson = False,
+) -> Any:
+    """Publish dead letters to their source topic: those named, or --all (with a progress bar)."""
+    args = namespace(
+        as_json,
+        positions=[_position(p) for p in positions or ()],
+        all=replay_all,
+        handler=handler,
+        source_topic=source_topic,
+        dry_run=dry_run,
+        allow_topic=allow_topic or [],
+        topic=topic,
+        progress_group=progress_group,
+        progress_console=stderr_console(),
+    )
+    return execute(ctx, cmd_dlq_replay, args)

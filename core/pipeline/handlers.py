@@ -3,28 +3,38 @@
     subscriptions = HandlerGroup("subscriptions")
 
     @subscriptions.handler(SubscriptionExpiring, action="send_expiry_reminder", timeout_s=30)
-    async def subscriptions_send_expiry_reminder_task(event: SubscriptionExpiring, ctx: HandlerContext):
-        ...
+    async def subscriptions_send_expiry_reminder_task(
+        event: SubscriptionExpiring, ctx: HandlerContext[Services]
+    ) -> None:
+        await ctx.services.sender.send(...)
 
 Each handler gets its own consumer group, ``dianabot.{module}.{action}``, its own retry topics and
 its own ledger name, so handlers of the same event succeed, fail and retry independently.
 A handler never commits, retries, checks for duplicates or sleeps: the pipeline does that.
+
+``ctx.services`` is whatever the composition root built once for its handlers (the consumers' is
+``consumers.services.Services``: settings sections, the Telegram sender, ...); the pipeline hands it
+on and never looks inside, so the context is generic over its type: ``HandlerContext[Services]``.
+A handler that needs no services may write plain ``HandlerContext`` (its services are an ``object``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from typing_extensions import TypeVar
 
 from contracts.envelope import EventEnvelope, EventPayload
 from contracts.topics import NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, ROUTES, TopicSpec
 from core.clock import Clock
 
 P = TypeVar("P", bound=EventPayload)
+# What the composition root hands every handler (read-only, hence covariant; ``object`` when unsaid).
+S = TypeVar("S", covariant=True, default=object)
 
 # The envelope's ``producer`` of every event the pipeline's handlers emit.
 PRODUCER = "dianabot-jobs"
@@ -44,19 +54,20 @@ class Emitter(Protocol):
 
 
 @dataclass(frozen=True)
-class HandlerContext:
+class HandlerContext(Generic[S]):
     """What a handler may use: the unit of work's session, the event's envelope, and emit().
 
     ``emit`` writes to the outbox in the same transaction, so an emitted event exists exactly
-    when the handler's effects do. ``services`` holds long-lived adapters (e.g. the Telegram sender).
+    when the handler's effects do. ``services`` is what the composition root built once for the
+    handlers (long-lived adapters such as the Telegram sender, settings sections), fully typed.
     """
 
     session: AsyncSession
     envelope: EventEnvelope
     clock: Clock
     emit: Emitter
+    services: S
     attempt: int = 0
-    services: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,13 +93,13 @@ class BatchEmitter(Protocol):
 
 
 @dataclass(frozen=True)
-class BatchContext:
+class BatchContext(Generic[S]):
     """What a batch handler may use; ``emit(payload, caused_by)`` names the event that caused it."""
 
     session: AsyncSession
     clock: Clock
     emit: BatchEmitter
-    services: Mapping[str, Any] = field(default_factory=dict)
+    services: S
 
 
 HandlerFunc = Callable[[Any, Any], Awaitable[None]]
@@ -207,6 +218,7 @@ class HandlerGroup:
         return register
 
 
-HandlerFn = Callable[[P, HandlerContext], Awaitable[None]]
+# A handler may ask for any services type: the composition root decides what it gets.
+HandlerFn = Callable[[P, HandlerContext[Any]], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
-BatchHandlerFunc = Callable[[Sequence[Delivery[P]], BatchContext], Awaitable[None]]
+BatchHandlerFunc = Callable[[Sequence[Delivery[P]], BatchContext[Any]], Awaitable[None]]

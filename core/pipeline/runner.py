@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -68,13 +68,18 @@ def _trace_parent(record: Record) -> Context:
 
 @dataclass(frozen=True)
 class PipelineDeps:
-    """What every handler runner shares in one process."""
+    """What every handler runner shares in one process.
+
+    ``services`` is handed to every handler as ``ctx.services`` and never looked into here: its
+    type is the composition root's (``consumers.services.Services``), and the handlers' annotations
+    (``HandlerContext[Services]``) say what they expect of it.
+    """
 
     session_factory: async_sessionmaker[AsyncSession]
     router: FailureRouter
     clock: Clock
     producer: str = PRODUCER
-    services: Mapping[str, Any] = field(default_factory=dict)
+    services: object = None
 
 
 @dataclass(frozen=True)

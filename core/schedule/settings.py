@@ -1,4 +1,5 @@
-"""The scheduler's settings: ``DIANABOT_SCHEDULER__...`` variables (and ``.env``), read once at start-up.
+"""The scheduler's settings: ``DIANABOT_SCHEDULER__...``, the ``scheduler`` section of the settings tree
+(environment and ``.env``), read once at start-up with the root ``Settings``.
 
 Examples::
 
@@ -12,24 +13,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from contracts.topics import SCHEDULER_TICKS
+from core.config import Section
 from core.schedule.cron import is_valid_cron
 from core.schedule.jobs import JOBS, JOBS_BY_NAME, CatchUp, JobDefinition
-from core.settings import ConfigError
-
-ENV_PREFIX = "DIANABOT_SCHEDULER__"
 
 # The advisory lock that elects the emitting replica (b"schedulr" read as an integer).
 SCHEDULER_LOCK_KEY = int.from_bytes(b"schedulr", "big")
 
 
-class JobOverride(BaseModel):
+class JobOverride(Section):
     """Per-job overrides of the job table; unset fields keep the table's value."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool | None = Field(None, description="Switch the job on or off.")
     cron: str | None = Field(None, description="Cron expression in the bot's timezone.")
@@ -60,17 +57,8 @@ def _names(value: Any) -> Any:
 JobNames = Annotated[frozenset[str], NoDecode]
 
 
-class SchedulerSettings(BaseSettings):
+class SchedulerSettings(Section):
     """How the scheduler replicas elect a leader and which jobs they emit ticks for."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        env_file=".env",
-        # The shared .env holds every section's variables: other names are not errors here.
-        extra="ignore",
-        frozen=True,
-    )
 
     enabled_jobs: JobNames | None = Field(
         None, description="If set, exactly these jobs run (the table's enabled flags are ignored)."
@@ -125,15 +113,3 @@ class SchedulerSettings(BaseSettings):
             enabled = enabled and job.name not in self.disabled_jobs
             resolved.append(job.with_overrides(**override.model_dump(exclude={"enabled"}), enabled=enabled))
         return resolved
-
-
-def load_scheduler_settings(**overrides: Any) -> SchedulerSettings:
-    """Read the settings once; a bad value becomes a one-line ConfigError naming the variable."""
-    try:
-        return SchedulerSettings(**overrides)
-    except ValidationError as error:
-        problems = []
-        for e in error.errors(include_input=False, include_url=False):
-            name = ENV_PREFIX + "__".join(str(part) for part in e["loc"]).upper()
-            problems.append(f"{name.rstrip('_')}: {e['msg']}" if e["loc"] else f"{ENV_PREFIX}*: {e['msg']}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -53,9 +53,6 @@ from core.telegram.models import SendStatus
 from core.telegram.settings import SenderSettings
 
 logger = logging.getLogger("dianabot.telegram")
-
-SERVICE_KEY = "telegram"
-"""The key of the sender in the pipeline's ``services`` mapping."""
 
 T = TypeVar("T")
 # The intent is recorded this long before its slot at most (see `IntentLead`).
@@ -144,7 +141,7 @@ class TelegramSender(MemberCalls):
         cls, settings: Settings, sender_settings: SenderSettings | None = None, *, clock: Clock | None = None
     ) -> TelegramSender:
         """The Bot on the configured API server, and the sender's own small connection pool."""
-        sender_settings = sender_settings or SenderSettings()
+        sender_settings = sender_settings or settings.sender
         if sender_settings.in_flight_lease_s <= settings.telegram.request_timeout_s:
             raise ValueError("DIANABOT_SENDER__IN_FLIGHT_LEASE_S must exceed the Bot API request timeout")
         session = AiohttpSession(
@@ -454,15 +451,6 @@ async def _settled(step: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], async
         except asyncio.CancelledError as error:
             cancelled = error
     return task, cancelled
-
-
-def sender_from(services: Mapping[str, Any]) -> TelegramSender:
-    """The sender the composition root put into the pipeline's services."""
-    sender = services.get(SERVICE_KEY)
-    if not isinstance(sender, TelegramSender):
-        # Not a PermanentError: a wiring mistake must not dead-letter every message.
-        raise RuntimeError(f"no TelegramSender in the pipeline services under {SERVICE_KEY!r}")
-    return sender
 
 
 def content_summary(content: MessageContent) -> str:

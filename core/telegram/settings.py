@@ -1,20 +1,17 @@
-"""The sender's limits and policies: ``DIANABOT_SENDER__...`` (environment only, see below).
+"""The sender's limits and policies: ``DIANABOT_SENDER__...``, the ``sender`` section of the settings tree.
 
-Read once by the composition root (``SenderSettings()``) and handed to ``TelegramSender``.
-The root ``Settings`` forbids unknown ``DIANABOT_`` keys in ``.env``, so until it grows a
-``sender`` section these variables belong in the environment, not in ``.env``.
+Read once with the root ``Settings`` (environment and ``.env``) and handed to ``TelegramSender``.
 """
 
 from __future__ import annotations
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.config import Section
 
 
-class SenderSettings(BaseSettings):
+class SenderSettings(Section):
     """Cluster-wide send limits (shared by every process through PostgreSQL) and delivery policies."""
-
-    model_config = SettingsConfigDict(env_prefix="DIANABOT_SENDER__", extra="forbid", frozen=True)
 
     global_rate_per_s: float = Field(
         25.0,

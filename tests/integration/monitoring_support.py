@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,17 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import monitoring
 from consumers.jobs import ScheduledJobs
+from consumers.services import Monitoring, Services
 from contracts.envelope import EventEnvelope, EventPayload
 from contracts.events import SchedulerTick
 from contracts.topics import TopicSpec
 from core.incidents import AlertIncident
 from core.jobs import JobRun, JobRunStatus
 from core.models import ProcessedEvent
-from core.monitoring import MonitoringSettings
+from core.monitoring_settings import MonitoringSettings
 from core.pipeline.handlers import HandlerGroup
 from core.schedule.jobs import JobDefinition
 from core.settings import Settings
-from core.telegram.sender import SERVICE_KEY, TelegramSender
+from core.telegram.sender import TelegramSender
 from devstack.telegram_double import TelegramDouble
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_telegram_support import (
@@ -41,6 +42,17 @@ from tests.integration.test_telegram_support import (
 from tests.integration.test_vip_support import running
 
 
+@dataclass(frozen=True)
+class SwitchableServices(Services):
+    """The stack's services, whose ``monitoring`` each test switches to its own while the consumers run."""
+
+    watches: list[Monitoring] = field(default_factory=list)
+
+    @property
+    def monitoring(self) -> Monitoring:
+        return self.watches[-1]
+
+
 @dataclass
 class Stack:
     """The monitoring jobs and the alert handler running on topics of their own, with the double."""
@@ -50,19 +62,17 @@ class Stack:
     settings: Settings
     producer: RawProducer
     sessions: async_sessionmaker[AsyncSession]
-    services: dict[str, Any]
+    services: SwitchableServices
     alerts: TopicSpec
     ticks: TopicSpec
     module: str
-    base: monitoring.Monitoring
+    base: Monitoring
 
     @property
     def handler(self) -> str:
         return f"dianabot.{self.module}.notify_admin"
 
-    def watch(
-        self, jobs: tuple[JobDefinition, ...] = (), tz: str = "UTC", **settings: Any
-    ) -> monitoring.Monitoring:
+    def watch(self, jobs: tuple[JobDefinition, ...] = (), tz: str = "UTC", **settings: Any) -> Monitoring:
         """This test's own Monitoring from now on: its admin chat, jobs and settings (by default
         no group's lag, no parked rows or stored dead letters, the stack's own dead-letter topic)."""
         watching = replace(
@@ -72,11 +82,11 @@ class Stack:
             jobs=jobs,
             timezone=ZoneInfo(tz),
         )
-        self.services[monitoring.SERVICE_KEY] = watching
+        self.services.watches.append(watching)
         return watching
 
     def texts(self) -> list[str]:
-        chat = self.services[monitoring.SERVICE_KEY].admin_chat_id
+        chat = self.services.monitoring.admin_chat_id
         return [m.text or "" for m in self.double.messages_for(chat)]
 
     async def publish(self, payload: EventPayload, topic: TopicSpec) -> EventEnvelope:
@@ -130,7 +140,7 @@ async def monitoring_stack(
     registry = ScheduledJobs(HandlerGroup(f"{module}j"))
     monitoring.register_jobs(registry, alerts=alerts, ticks=(ticks,))
     groups = [monitoring.build_handlers(module=module, topic=alerts, retry_delays_s=(1.0,)), registry.group]
-    base = monitoring.Monitoring(
+    base = Monitoring(
         MonitoringSettings(
             lag_group_prefix=f"test.mon.{run}.none.",
             dead_letter_topic=dead_letters.name,
@@ -145,7 +155,7 @@ async def monitoring_stack(
     async with telegram_double() as double:
         settings = settings_for(double)
         async with sender_for(double) as sender, RawProducer(settings) as producer:
-            services: dict[str, Any] = {SERVICE_KEY: sender, monitoring.SERVICE_KEY: base}
+            services = SwitchableServices(telegram=sender, watches=[base])
             async with running(settings, groups, services):
                 yield Stack(
                     double, sender, settings, producer, session_factory, services, alerts, ticks, module, base

@@ -14,9 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import Consumers, build_consumers
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.topics import TopicSpec
-from core.clock import Clock
+from core.clock import Clock, SystemClock
 from core.pipeline.handlers import HandlerContext, HandlerGroup
 from core.settings import Settings
 
@@ -75,7 +76,7 @@ def unique_topic(partitions: int = 3) -> TopicSpec:
 async def running_consumers(
     settings: Settings, groups: Iterable[HandlerGroup], clock: Clock | None = None
 ) -> AsyncIterator[Consumers]:
-    consumers = build_consumers(settings, groups=groups, clock=clock)
+    consumers = build_consumers(settings, groups=groups, services=Services(clock=clock or SystemClock()))
     await consumers.declare_topics()
     try:
         async with consumers.broker:

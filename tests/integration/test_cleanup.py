@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from consumers.jobs import Retention, scheduled_daily_cleanup
+from consumers.jobs import scheduled_daily_cleanup
+from consumers.services import Retention, Services
 from core.jobs import JobRunStatus
 from core.models import Subscription, SubscriptionPlan, User, VipInviteLink
 from core.settings import Settings
@@ -151,7 +152,7 @@ async def test_cleanup_purges_sends_recipients_and_invite_links_past_retention_a
     registry.scheduled(CLEANUP, topics=(topic,), retry_delays_s=())(scheduled_daily_cleanup)
     first, second = tick(CLEANUP, now), tick(CLEANUP, now)
     # Batches of 2: every purge needs several batches, so the loop over batches is exercised.
-    services = {"retention": Retention(batch_size=2)}
+    services = Services(retention=Retention(batch_size=2))
     async with consuming(kafka, [registry.group], services), RawProducer(kafka) as producer:
         await producer.send_event(topic.name, first)
         first_run = await wait_for_run(session_factory, first.event_id)

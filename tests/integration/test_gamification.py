@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,11 +14,13 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import gamification
-from consumers.gamification import GamificationSettings, free_channel
+from consumers.gamification import free_channel
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.events import MissionAssigned, MissionCompleted, PostScheduled
 from contracts.ids import derived_event_id
 from core.domain.gamification import award_key, award_mission, local_day
+from core.domain.settings import GamificationSettings
 from core.jobs import JobRunStatus
 from core.models import (
     Balance,
@@ -46,7 +49,7 @@ from tests.integration.test_gamification_support import (
 )
 
 MADRID = ZoneInfo("Europe/Madrid")
-SERVICES = {"timezone": MADRID}
+SERVICES = Services(timezone=MADRID)
 ASSIGN = "scheduled_daily_mission_assignment"
 WEEKLY = "scheduled_weekly_mission_reset"
 LEADERBOARD = "scheduled_weekly_leaderboard"
@@ -93,7 +96,7 @@ async def test_daily_assignment_assigns_active_users_once_prompts_them_and_expir
     settings = GamificationSettings(batch_size=1)  # one user per page: the keyset pagination is exercised
     first, again, next_day = tick(ASSIGN, slot), tick(ASSIGN, slot), tick(ASSIGN, slot + timedelta(days=1))
     async with (
-        consuming(kafka, [registry.group], {**SERVICES, "gamification": settings}),
+        consuming(kafka, [registry.group], replace(SERVICES, gamification=settings)),
         RawProducer(kafka) as producer,
     ):
         await producer.send_event(topic.name, first)
@@ -323,7 +326,7 @@ async def test_weekly_leaderboard_posts_the_top_earners_to_the_free_channel(
     registry = new_registry()
     gamification.register_jobs(registry, ticks=(topic,))
     run_tick = tick(LEADERBOARD, slot)
-    services = {**SERVICES, "gamification": GamificationSettings(leaderboard_size=2)}
+    services = replace(SERVICES, gamification=GamificationSettings(leaderboard_size=2))
     async with consuming(kafka, [registry.group], services), RawProducer(kafka) as producer:
         await producer.send_event(topic.name, run_tick)
         run = await wait_for_run(session_factory, run_tick.event_id)

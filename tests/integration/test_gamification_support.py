@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import build_consumers
 from consumers.jobs import ScheduledJobs
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.events import SchedulerTick
 from contracts.topics import TopicSpec
@@ -48,7 +49,7 @@ def new_registry() -> ScheduledJobs:
 
 @asynccontextmanager
 async def consuming(
-    settings: Settings, groups: Iterable[HandlerGroup], services: Mapping[str, Any] | None = None
+    settings: Settings, groups: Iterable[HandlerGroup], services: Services | None = None
 ) -> AsyncIterator[None]:
     consumers = build_consumers(settings, groups=list(groups), services=services)
     await consumers.declare_topics()

@@ -9,20 +9,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import channels
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.events import ChannelJoinRequested
 from contracts.topics import TopicSpec
+from core.domain.settings import ChannelSettings
 from core.jobs import JobRunStatus
 from core.models import Channel, ChannelJoinRequest, ChannelKind, JoinRequestStatus
 from core.settings import Settings
-from core.telegram.sender import SERVICE_KEY
 from devstack.telegram_double import TelegramDouble
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_gamification_support import (
@@ -93,7 +93,7 @@ class Stack:
 
 @asynccontextmanager
 async def join_request_stack(
-    kafka: Settings, sessions: async_sessionmaker[AsyncSession], settings: channels.ChannelSettings
+    kafka: Settings, sessions: async_sessionmaker[AsyncSession], settings: ChannelSettings
 ) -> AsyncIterator[Stack]:
     events, ticks = unique_topic("channels"), unique_topic("ticks")
     module = f"ch{uuid.uuid4().hex[:8]}"
@@ -101,7 +101,7 @@ async def join_request_stack(
     channels.register_jobs(registry, ticks=(ticks,))
     groups = [channels.build_handlers(module=module, topic=events), registry.group]
     async with telegram_double() as double, sender_for(double) as sender:
-        services: dict[str, Any] = {SERVICE_KEY: sender, channels.SETTINGS_KEY: settings}
+        services = Services(telegram=sender, channels=settings)
         async with consuming(settings_for(double), groups, services), RawProducer(kafka) as producer:
             yield Stack(double, producer, events, ticks, f"dianabot.{module}.record_join_request", sessions)
 
@@ -123,7 +123,7 @@ async def test_requests_are_recorded_once_and_approved_once_after_the_wait_young
     slot = fresh_slot()
     other_chat = channel_chat_id()  # not a free channel (e.g. the VIP one): never approved here
     old, young, gone, elsewhere = fresh_chat_ids(4)
-    settings = channels.ChannelSettings(join_request_wait=5 * MINUTE)
+    settings = ChannelSettings(join_request_wait=5 * MINUTE)
     try:
         async with join_request_stack(kafka, session_factory, settings) as stack:
             stack.double.set_faults(no_join_request={gone})  # withdrawn or expired at Telegram
@@ -174,7 +174,7 @@ async def test_a_new_request_after_a_decision_is_pending_again_a_stale_event_is_
 ) -> None:
     slot = fresh_slot()
     [user] = fresh_chat_ids(1)
-    async with join_request_stack(kafka, session_factory, channels.ChannelSettings()) as stack:
+    async with join_request_stack(kafka, session_factory, ChannelSettings()) as stack:
         await stack.request(free_chat, user, slot - 10 * MINUTE)
         await wait_for_ledger(session_factory, stack.handler, 1)
         assert (await stack.run(APPROVAL, slot))["approved"] == 1
@@ -220,7 +220,7 @@ async def test_cleanup_deletes_requests_decided_over_thirty_days_ago_in_batches_
                 for user, (status, requested, decided, _) in zip(users, shapes, strict=True)
             ],
         )
-    async with join_request_stack(kafka, session_factory, channels.ChannelSettings(batch_size=2)) as stack:
+    async with join_request_stack(kafka, session_factory, ChannelSettings(batch_size=2)) as stack:
         first = await stack.run(CLEANUP, slot)
         second = await stack.run(CLEANUP, slot)
         left = await stack.rows(free_chat)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import build_consumers
-from consumers.jobs import Retention, ScheduledJobs, scheduled_daily_cleanup
+from consumers.jobs import ScheduledJobs, scheduled_daily_cleanup
+from consumers.services import Retention, Services
 from contracts.envelope import EventEnvelope
 from contracts.events import SchedulerTick
 from contracts.ids import derived_event_id
@@ -38,7 +38,7 @@ def registry() -> ScheduledJobs:
 
 @asynccontextmanager
 async def consuming(
-    settings: Settings, registry: ScheduledJobs, services: Mapping[str, Any] | None = None
+    settings: Settings, registry: ScheduledJobs, services: Services | None = None
 ) -> AsyncIterator[None]:
     consumers = build_consumers(settings, groups=[registry.group], services=services)
     await consumers.declare_topics()
@@ -265,7 +265,7 @@ async def test_daily_cleanup_purges_past_retention_in_bounded_batches_and_report
 
     registry.scheduled("scheduled_daily_cleanup", topics=(topic,), retry_delays_s=())(scheduled_daily_cleanup)
     cleanup = tick("scheduled_daily_cleanup", slot=now)
-    services = {"retention": Retention(batch_size=2)}
+    services = Services(retention=Retention(batch_size=2))
     async with consuming(kafka, registry, services), RawProducer(kafka) as producer:
         await producer.send_event(topic.name, cleanup)
         runs = await wait_for_runs(session_factory, cleanup.event_id)

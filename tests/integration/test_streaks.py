@@ -12,11 +12,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import gamification
-from consumers.gamification import GamificationSettings
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.events import DailyGiftClaimed
 from contracts.ids import derived_event_id
 from core.domain.gamification import daily_gift_key
+from core.domain.settings import GamificationSettings
 from core.jobs import JobRunStatus
 from core.models import Balance, DailyGiftStreak, Transaction
 from core.settings import Settings
@@ -88,7 +89,7 @@ async def test_claims_pay_once_per_day_extend_the_streak_pay_the_milestone_and_r
         claim(user, day0 + 70 * H),  # day 3, 45 h later: still a streak, the milestone
         claim(user, day0 + 119 * H),  # 49 h later: the streak starts again
     ]
-    async with consuming(kafka, [group], {"gamification": SETTINGS}), RawProducer(kafka) as producer:
+    async with consuming(kafka, [group], Services(gamification=SETTINGS)), RawProducer(kafka) as producer:
         await producer.send_events(topic.name, claims)
         await wait_for_ledger(session_factory, handler, len({c.event_id for c in claims}))
         await producer.send_event(topic.name, first)  # and once more, after everything
@@ -146,7 +147,7 @@ async def test_streak_reset_breaks_only_streaks_last_claimed_over_48_hours_befor
     registry = new_registry()
     gamification.register_jobs(registry, ticks=(topic,))
     first, again = tick(RESET, slot), tick(RESET, slot)
-    services = {"gamification": GamificationSettings(batch_size=1)}  # one row per batch
+    services = Services(gamification=GamificationSettings(batch_size=1))  # one row per batch
     async with consuming(kafka, [registry.group], services), RawProducer(kafka) as producer:
         await producer.send_event(topic.name, first)
         first_run = await wait_for_run(session_factory, first.event_id)

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import broadcasts, notifications
 from consumers.app import create_app
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.events import BroadcastRequested, MessageContent, NotificationRequested
 from contracts.topics import TopicSpec
@@ -35,7 +36,7 @@ from core.runtime import settings_or_exit
 from core.settings import Settings
 from core.telegram.broadcasts import broadcast_progress, notification_key
 from core.telegram.models import BroadcastRecipient, SendStatus
-from core.telegram.sender import SERVICE_KEY, TelegramSender
+from core.telegram.sender import TelegramSender
 from devstack.telegram_double import TelegramDouble
 from tests.conftest import TEST_BOOTSTRAP, TEST_DATABASE_URL
 from tests.integration.pipeline_support import RawProducer
@@ -70,7 +71,7 @@ def _app() -> FastStream:
     ]
     settings = settings_or_exit()
     sender = TelegramSender.create(settings)
-    return create_app(settings, groups=groups, services={SERVICE_KEY: sender})  # it closes the sender
+    return create_app(settings, groups=groups, services=Services(telegram=sender))  # it closes the sender
 
 
 def __getattr__(name: str) -> FastStream:

@@ -14,12 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import consumers.app
 import core.runtime
+from consumers.services import Services
 from contracts.envelope import EventEnvelope
 from contracts.events import MessageContent, UserActivity
 from core.pipeline.handlers import HandlerContext, HandlerGroup
 from core.settings import Settings, TelemetrySettings
 from core.telegram.models import SendStatus
-from core.telegram.sender import SERVICE_KEY, SendOutcome, SendRequest, TelegramSender, sender_from
+from core.telegram.sender import SendOutcome, SendRequest, TelegramSender
 from tests.integration.pipeline_support import RawProducer, unique_topic
 from tests.integration.test_telegram_support import (
     fresh_chat_ids,
@@ -45,16 +46,16 @@ async def test_a_handler_mid_send_when_the_app_stops_completes_its_send(
     outcomes: list[SendOutcome] = []
 
     @group.handler(UserActivity, action="greet", topics=(topic,), timeout_s=30)
-    async def greet(event: UserActivity, ctx: HandlerContext) -> None:
+    async def greet(event: UserActivity, ctx: HandlerContext[Services]) -> None:
         request = SendRequest(f"test:{ctx.envelope.event_id}", chat, MessageContent(text="hola"))
-        outcomes.append((await sender_from(ctx.services).send(request)).outcome)
+        outcomes.append((await ctx.services.sender.send(request)).outcome)
 
     envelope = EventEnvelope.wrap(UserActivity(user_id=1, at=datetime.now(UTC)), producer="test")
     async with telegram_double() as double:
         double.set_faults(slow={"delay": 1.5, "methods": ["sendMessage"]})
         settings = settings_for(double).model_copy(update={"telemetry": TelemetrySettings(http_port=0)})
         sender = TelegramSender.create(settings, sender_settings())
-        app = consumers.app.create_app(settings, groups=[group], services={SERVICE_KEY: sender})
+        app = consumers.app.create_app(settings, groups=[group], services=Services(telegram=sender))
         async with app.lifespan_context(), RawProducer(kafka) as producer:
             await app.start()
             try:

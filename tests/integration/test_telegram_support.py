@@ -20,12 +20,13 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import Consumers, build_consumers
+from consumers.services import Services
 from contracts.topics import TopicSpec
 from core.models import User, UserState
 from core.pipeline.handlers import HandlerGroup
 from core.settings import Settings, TelegramSettings
 from core.telegram.models import TelegramSend
-from core.telegram.sender import SERVICE_KEY, TelegramSender
+from core.telegram.sender import TelegramSender
 from core.telegram.settings import SenderSettings
 from devstack.telegram_double import TelegramDouble
 from tests.conftest import make_settings
@@ -155,7 +156,7 @@ async def running_telegram_consumers(
     settings: Settings, groups: Sequence[HandlerGroup], sender: TelegramSender
 ) -> AsyncIterator[Consumers]:
     """The handlers on real Kafka with the sender in their services, and the outbox relay running."""
-    consumers = build_consumers(settings, groups=groups, services={SERVICE_KEY: sender})
+    consumers = build_consumers(settings, groups=groups, services=Services(telegram=sender))
     await consumers.declare_topics()
     try:
         async with consumers.broker:

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from consumers.services import Services
 from consumers.subscriptions import subscriptions_remove_expired_member_task
 from contracts.envelope import EventEnvelope
 from contracts.events import (
@@ -209,6 +210,7 @@ async def test_without_a_vip_channel_the_removal_fails_permanently_with_the_reas
                 envelope=EventEnvelope.wrap(event, producer="test"),
                 clock=SystemClock(),
                 emit=no_emit,
+                services=Services(),
             )
             with pytest.raises(PermanentError, match="no VIP channel configured"):
                 await subscriptions_remove_expired_member_task(event, ctx)

@@ -30,9 +30,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers import content, subscriptions
 from consumers.app import Consumers, build_consumers
 from consumers.jobs import ScheduledJobs
+from consumers.services import Services
 from contracts.envelope import EventEnvelope, EventPayload
 from contracts.events import SchedulerTick, SubscriptionRenewed, SubscriptionStarted
 from contracts.topics import TopicSpec
+from core.domain.settings import ContentSettings, SubscriptionSettings
 from core.jobs import JobRun, JobRunStatus
 from core.models import (
     Channel,
@@ -46,7 +48,7 @@ from core.models import (
 )
 from core.pipeline.handlers import HandlerGroup
 from core.settings import Settings
-from core.telegram.sender import SERVICE_KEY, TelegramSender
+from core.telegram.sender import TelegramSender
 from devstack.telegram_double import TelegramDouble
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_telegram_support import (
@@ -133,7 +135,7 @@ def vip_groups(topics: Topics) -> list[HandlerGroup]:
 
 @asynccontextmanager
 async def running(
-    settings: Settings, groups: Sequence[HandlerGroup], services: dict[str, Any]
+    settings: Settings, groups: Sequence[HandlerGroup], services: Services
 ) -> AsyncIterator[Consumers]:
     consumers = build_consumers(settings, groups=groups, services=services)
     await consumers.declare_topics()
@@ -316,14 +318,14 @@ async def vip_stack(
     async with telegram_double() as double:
         settings = settings_for(double)
         async with sender_for(double) as sender, RawProducer(settings) as producer:
-            services: dict[str, Any] = {
-                SERVICE_KEY: sender,
-                subscriptions.SETTINGS_KEY: subscriptions.SubscriptionSettings(
+            services = Services(
+                telegram=sender,
+                subscriptions=SubscriptionSettings(
                     batch_size=2, renew_url=RENEW_URL, invite_link_ttl=timedelta(minutes=30)
                 ),
-                content.SETTINGS_KEY: content.ContentSettings(posts_per_run=3),
-                subscriptions.TIMEZONE_KEY: MADRID,
-            }
+                content=ContentSettings(posts_per_run=3),
+                timezone=MADRID,
+            )
             async with running(settings, groups, services):
                 yield Vip(double, sender, topics, groups, settings, producer, sessions, vip_chat_id)
 

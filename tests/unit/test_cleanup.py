@@ -10,7 +10,8 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from consumers.jobs import Retention, run_in_batches
+from consumers.jobs import run_in_batches
+from consumers.services import Retention
 
 CUTOFF = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.metadata
 import json
 import math
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from consumers import app as consumers_app
+from consumers import asyncapi as asyncapi_document
 from consumers.app import create_app
 from consumers.registry import HANDLER_GROUPS
 from contracts import schema
@@ -423,3 +428,45 @@ def test_asyncapi_shows_the_user_registered_payload(asyncapi: dict[str, Any]) ->
     payload = _deref(asyncapi, envelope["properties"]["payload"])
     assert set(payload["properties"]) == {"user_id", "telegram_id", "username", "language_code"}
     assert set(payload["required"]) == {"user_id", "telegram_id"}
+
+
+def test_asyncapi_names_the_service_its_version_and_what_travels(asyncapi: dict[str, Any]) -> None:
+    info = asyncapi["info"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert info["title"] == "DianaBot jobs"
+    assert info["version"] == project["version"] == importlib.metadata.version(project["name"])
+    assert "event envelope" in info["description"]
+    assert DEAD_LETTERS.name in info["description"]
+
+
+def test_the_committed_asyncapi_document_is_what_the_code_generates() -> None:
+    committed = (ROOT / "docs" / "asyncapi.yaml").read_text(encoding="utf-8")
+    generated = asyncapi_document.render(asyncapi_document.generate())
+    if committed != generated:
+        diff = difflib.unified_diff(
+            committed.splitlines(), generated.splitlines(), "docs/asyncapi.yaml", "generated", lineterm=""
+        )
+        pytest.fail("docs/asyncapi.yaml is stale, run `make asyncapi`:\n" + "\n".join(list(diff)[:40]))
+
+
+def test_asyncapi_check_fails_on_a_stale_document_and_passes_on_a_fresh_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "asyncapi.yaml"
+    assert asyncapi_document.main(["--out", str(out)]) == 0
+    assert asyncapi_document.main(["--check", "--out", str(out)]) == 0
+    fresh = out.read_text()
+    out.write_text(fresh.replace("title: DianaBot jobs", "title: FastStream", 1))
+    assert out.read_text() != fresh
+    assert asyncapi_document.main(["--check", "--out", str(out)]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert asyncapi_document.main(["--check", "--out", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_an_uninstalled_source_tree_takes_its_version_from_pyproject(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(consumers_app, "version", not_installed)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert consumers_app.service_version() == project["version"]

@@ -1,7 +1,7 @@
 """Imports run downhill: the machinery never reaches up into the services that use it.
 
-contracts  <-  core  <-  schedulers
-                     <-  consumers
+contracts  <-  core  <-  schedulers  <-  dianabot_cli (the operator's console command)
+                     <-  consumers   <-
 (``contracts`` is what bot services install: it imports nothing of the project.)
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = {"contracts", "core", "consumers", "schedulers", "bench", "devstack", "tests"}
+PROJECT = {"contracts", "core", "consumers", "schedulers", "dianabot_cli", "bench", "devstack", "tests"}
 
 
 def _imports(package: str) -> dict[str, set[str]]:
@@ -38,6 +38,7 @@ def _imports(package: str) -> dict[str, set[str]]:
         ("core", {"contracts", "core"}),
         ("schedulers", {"contracts", "core", "schedulers"}),
         ("consumers", {"contracts", "core", "consumers"}),
+        ("dianabot_cli", {"contracts", "core", "schedulers", "consumers", "dianabot_cli"}),
     ],
 )
 def test_a_package_imports_only_what_lies_below_it(package: str, allowed: set[str]) -> None:

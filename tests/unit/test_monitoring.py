@@ -13,7 +13,6 @@ from core.incidents import IncidentView, Notice, notice_due
 from core.lag import GroupLag
 from core.monitoring import (
     HEARTBEAT_JOB,
-    MonitoringSettings,
     cleared,
     dead_letter_findings,
     lag_findings,
@@ -22,6 +21,7 @@ from core.monitoring import (
     stale_jobs,
     watched_jobs,
 )
+from core.monitoring_settings import MonitoringSettings
 from core.pipeline.handlers import HandlerContext, HandlerGroup
 from core.schedule.cron import CronSchedule
 from core.schedule.jobs import JOBS_BY_NAME, JobDefinition

@@ -7,8 +7,12 @@ import os
 import pytest
 
 from core.schedule.jobs import CatchUp
-from core.schedule.settings import load_scheduler_settings
-from core.settings import ConfigError
+from core.schedule.settings import SchedulerSettings
+from core.settings import ConfigError, load_section
+
+
+def load_scheduler_settings() -> SchedulerSettings:
+    return load_section(SchedulerSettings)
 
 
 @pytest.fixture(autouse=True)

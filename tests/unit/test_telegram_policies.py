@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.settings import load_section
 from core.telegram.ledger import Verdict, verdict
 from core.telegram.limits import chat_interval
 from core.telegram.models import SendStatus
@@ -42,7 +43,7 @@ def test_ledger_verdicts(status: SendStatus, age_s: float | None, resend: bool, 
 def test_sender_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIANABOT_SENDER__GLOBAL_RATE_PER_S", "20")
     monkeypatch.setenv("DIANABOT_SENDER__BROADCAST_RESEND_IF_UNKNOWN", "true")
-    settings = SenderSettings()
+    settings = load_section(SenderSettings)
     assert settings.global_interval_s == pytest.approx(0.05)
     assert settings.broadcast_resend_if_unknown is True
 
