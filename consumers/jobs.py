@@ -51,8 +51,7 @@ from core.pipeline import dead_letters, ledger
 from core.pipeline.errors import describe
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
 from core.schedule.jobs import JOBS_BY_NAME
-from core.telegram.broadcasts import purge_recipients_before
-from core.telegram.ledger import purge_sends_before
+from core.telegram.retention import purge_recipients_before, purge_sends_before
 
 logger = logging.getLogger("dianabot.jobs")
 

@@ -25,7 +25,6 @@ from core.pipeline.errors import PermanentError
 from core.pipeline.handlers import BatchContext, Delivery, HandlerGroup
 from core.telegram import metrics
 from core.telegram.broadcasts import ProgressReporter, broadcasts_of, notification_key
-from core.telegram.ledger import SendIntent
 from core.telegram.sender import SendOutcome, SendRequest, TelegramSender
 from core.telegram.templates import render
 
@@ -73,10 +72,13 @@ async def send_to_user(
             content = _content_or_fail(event, recipient)
             assert recipient is not None
         except PermanentError as error:
-            intent = SendIntent(
-                key, recipient.chat_id if recipient else 0, event.user_id, event.priority, "-"
+            await sender.give_up(
+                key,
+                chat_id=recipient.chat_id if recipient else 0,
+                user_id=event.user_id,
+                priority=event.priority,
+                reason=str(error),
             )
-            await sender.ledger.give_up(intent, str(error))
             return error
         request = SendRequest(
             key=key,

@@ -56,7 +56,6 @@ from core.jobs import side_sessions
 from core.models import Channel, ChannelKind, Subscription, SubscriptionStatus, User, UserState
 from core.pipeline.errors import PermanentError
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
-from core.telegram.models import SendStatus, TelegramSend
 from core.telegram.sender import SendRequest
 from core.telegram.templates import TEMPLATES, render
 
@@ -232,7 +231,7 @@ async def subscriptions_grant_access_task(event: Granting, ctx: HandlerContext[S
         logger.warning("no access granted: the user is banned from the bot", extra={"user_id": user.id})
         return
     key = f"subscription.invite:{ctx.envelope.event_id}"
-    if await _already_sent(ctx.session, key):
+    if await ctx.services.sender.was_delivered(key):
         return
     channel = await vip_channel(ctx.session)
     sender = ctx.services.sender
@@ -319,12 +318,6 @@ async def _user(session: AsyncSession, user_id: int, *, lock: bool = False) -> U
     if user is None:
         raise PermanentError(f"user {user_id} not found")
     return user
-
-
-async def _already_sent(session: AsyncSession, key: str) -> bool:
-    """The send ledger has this message as delivered (or possibly delivered): do not prepare another."""
-    status = await session.scalar(select(TelegramSend.status).where(TelegramSend.send_key == key))
-    return status in (SendStatus.SENT, SendStatus.UNKNOWN, SendStatus.BLOCKED)
 
 
 async def _send(

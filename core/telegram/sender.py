@@ -259,7 +259,11 @@ class TelegramSender(MemberCalls):
     async def _paused(self, attempt: Attempt, chat_id: int) -> bool:
         """A 429 pause covers this send: read with the intent, or announced since (by this process
         or another; the intent may be a lead or a lost slot old)."""
-        return attempt.paused_s > 0 or await self.gate.paused_for(chat_id) > 0
+        if attempt.paused_s > 0 or await self.gate.paused_for(chat_id) > 0:
+            return True
+        # Last, and with no await between it and the call: a 429 this process received while the
+        # database was being read is known here only.
+        return self.gate.local_pause_left(chat_id) > 0
 
     @staticmethod
     def _intent(request: SendRequest, part: Part, key: str, chat_id: int) -> SendIntent:

@@ -46,3 +46,36 @@ def test_a_package_imports_only_what_lies_below_it(package: str, allowed: set[st
         module: sorted(names - allowed) for module, names in _imports(package).items() if names - allowed
     }
     assert uphill == {}
+
+
+# Telegram delivery's public face: the sender (send, give_up, was_delivered, member calls), its
+# errors, templates, broadcasts and retention. Its ledger, limits, tables and aiogram are its own.
+TELEGRAM_PRIVATE = {"ledger", "limits", "models", "calls", "content", "members"}
+
+
+def _telegram_reach(path: Path) -> set[str]:
+    reached: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        modules = (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module
+            else []
+        )
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] == "aiogram":
+                reached.add("aiogram")
+            elif parts[:2] == ["core", "telegram"] and len(parts) > 2 and parts[2] in TELEGRAM_PRIVATE:
+                reached.add(module)
+    return reached
+
+
+def test_handlers_reach_telegram_only_through_the_senders_public_face() -> None:
+    reaching = {
+        str(path.relative_to(ROOT)): sorted(reach)
+        for path in sorted((ROOT / "consumers").rglob("*.py"))
+        if (reach := _telegram_reach(path))
+    }
+    assert reaching == {}
