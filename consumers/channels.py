@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from consumers.jobs import ScheduledJobs, jobs, run_in_batches
+from consumers.jobs import ScheduledJobs, jobs
 from consumers.services import Services
 from contracts.events import ChannelJoinRequested, SchedulerTick
 from contracts.topics import CHANNELS, TopicSpec
@@ -30,7 +30,6 @@ from core.domain.channels import (
     purge_join_requests_before,
     record_join_request,
 )
-from core.jobs import side_sessions
 from core.models import ChannelJoinRequest, JoinRequestStatus
 from core.pipeline.handlers import HandlerContext, HandlerGroup
 from core.telegram.errors import TelegramPermanentError, TelegramTransientError
@@ -112,11 +111,9 @@ async def scheduled_daily_join_request_cleanup(
 ) -> dict[str, int]:
     """Delete join requests decided past the retention, one short transaction per batch."""
     settings = ctx.services.channels
-    sessions = side_sessions(ctx.session)
-    deleted = await run_in_batches(
-        sessions,
-        purge_join_requests_before,
-        tick.slot - settings.join_request_retention,
+    cutoff = tick.slot - settings.join_request_retention
+    deleted = await ctx.in_batches(
+        lambda session, limit: purge_join_requests_before(session, cutoff, limit),
         batch_size=settings.batch_size,
         max_batches=settings.max_batches,
     )

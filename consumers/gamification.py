@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from consumers.jobs import ScheduledJobs, jobs, run_in_batches
+from consumers.jobs import ScheduledJobs, jobs
 from consumers.services import Services
 from contracts.events import (
     BesitosEarned,
@@ -66,7 +66,6 @@ from core.domain.gamification import (
     top_earners,
     week_label,
 )
-from core.jobs import side_sessions
 from core.models import Channel, ChannelKind, MissionType, User
 from core.outbox import add_to_outbox
 from core.pipeline.errors import PermanentError
@@ -134,13 +133,11 @@ async def _reset_and_assign(
     users holds no long transaction, and a rerun after a crash inserts (and announces) only what
     is missing, since reassigning is a no-op."""
     settings = ctx.services.gamification
-    sessions = side_sessions(ctx.session)
-
-    async def expire_batch(session: AsyncSession, slot: datetime, limit: int) -> int:
-        return await expire_unfinished(session, mission_type, slot, limit)
-
-    expired = await run_in_batches(
-        sessions, expire_batch, tick.slot, batch_size=settings.batch_size, max_batches=settings.max_batches
+    sessions = ctx.transactions()
+    expired = await ctx.in_batches(
+        lambda session, limit: expire_unfinished(session, mission_type, tick.slot, limit),
+        batch_size=settings.batch_size,
+        max_batches=settings.max_batches,
     )
     missions = await active_missions(ctx.session, mission_type)
     assigned, users, after_id = 0, 0, 0
@@ -234,14 +231,11 @@ async def scheduled_daily_streak_reset(tick: SchedulerTick, ctx: HandlerContext[
     """Break the streaks whose last claim is more than the streak window before the slot, one short
     transaction per batch (as the cleanup job), so a large backlog holds no long locks."""
     settings = ctx.services.gamification
-    sessions = side_sessions(ctx.session)
     window = settings.streak_broken_after
-
-    async def reset_batch(session: AsyncSession, slot: datetime, limit: int) -> int:
-        return await reset_broken_streaks(session, slot, window=window, limit=limit)
-
-    reset = await run_in_batches(
-        sessions, reset_batch, tick.slot, batch_size=settings.batch_size, max_batches=settings.max_batches
+    reset = await ctx.in_batches(
+        lambda session, limit: reset_broken_streaks(session, tick.slot, window=window, limit=limit),
+        batch_size=settings.batch_size,
+        max_batches=settings.max_batches,
     )
     if reset:
         logger.info("%d daily-gift streaks broken", reset)

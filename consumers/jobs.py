@@ -21,6 +21,7 @@ Duplicate ticks never reach the job: the pipeline's ledger drops them by event i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
@@ -42,7 +43,6 @@ from core.jobs import (
     begin_run,
     fail_run,
     finish_run,
-    side_sessions,
     skip_run,
 )
 from core.models import OutboxEvent
@@ -78,7 +78,7 @@ class JobRunner:
         if tick.job != self.job:
             return
         run = RunKey(self.job, ctx.envelope.event_id, tick.slot, tick.kind, ctx.attempt)
-        side = side_sessions(ctx.session)
+        side = ctx.transactions()
         now = ctx.clock.now()
         blocker = await begin_run(
             ctx.session, side, run, now=now, overlap=self.overlap, stale_after=self.stale_after
@@ -196,41 +196,15 @@ async def purge_job_runs_before(session: AsyncSession, cutoff: datetime, batch_s
     return await delete_batch(session, JobRun.id, where=JobRun.finished_at < cutoff, batch_size=batch_size)
 
 
-# One bounded batch of a job's bulk work: (session, cutoff or slot, batch size) -> rows done.
-BatchStep = Callable[[AsyncSession, datetime, int], Awaitable[int]]
-
-
-async def run_in_batches(
-    sessions: async_sessionmaker[AsyncSession],
-    step: BatchStep,
-    cutoff: datetime,
-    *,
-    batch_size: int,
-    max_batches: int,
-) -> int:
-    """Run ``step`` batch after batch, each in its own short transaction, until a short batch or
-    ``max_batches``; return the rows done.
-
-    Not in the handler's transaction: deleting (or updating) millions of rows in one would hold
-    locks and bloat for the whole run. Each batch is idempotent, so a crash half-way loses
-    nothing: the rerun (or the next run) continues where it stopped.
-    """
-    total = 0
-    for _ in range(max_batches):
-        async with sessions() as session, session.begin():
-            done = await step(session, cutoff, batch_size)
-        total += done
-        if done < batch_size:
-            break
-    return total
+# One bounded batch of a purge: (session, cutoff, batch size) -> rows deleted.
+PurgeStep = Callable[[AsyncSession, datetime, int], Awaitable[int]]
 
 
 @jobs.scheduled("scheduled_daily_cleanup", timeout_s=900)
 async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext[Services]) -> dict[str, int]:
     """Purge bookkeeping rows past their retention (counted back from the slot), table by table."""
     retention = ctx.services.retention
-    sessions = side_sessions(ctx.session)
-    purges: dict[str, tuple[BatchStep, timedelta]] = {
+    purges: dict[str, tuple[PurgeStep, timedelta]] = {
         "processed_events_deleted": (ledger.purge_processed_before, retention.processed_events),
         "outbox_rows_deleted": (purge_published_outbox_before, retention.published_outbox),
         "job_runs_deleted": (purge_job_runs_before, retention.job_runs),
@@ -240,12 +214,14 @@ async def scheduled_daily_cleanup(tick: SchedulerTick, ctx: HandlerContext[Servi
         "dead_letter_claims_deleted": (dead_letters.purge_published_before, retention.dead_letter_claims),
     }
     return {
-        count: await run_in_batches(
-            sessions,
-            purge,
-            tick.slot - keep,
+        count: await ctx.in_batches(
+            functools.partial(_purge, purge, tick.slot - keep),
             batch_size=retention.batch_size,
             max_batches=retention.max_batches,
         )
         for count, (purge, keep) in purges.items()
     }
+
+
+async def _purge(purge: PurgeStep, cutoff: datetime, session: AsyncSession, limit: int) -> int:
+    return await purge(session, cutoff, limit)

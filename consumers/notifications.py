@@ -35,23 +35,23 @@ RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0, 1800.0)
 
 
 @dataclass(frozen=True)
-class Recipient:
+class NotifiedUser:
     user_id: int
     chat_id: int
     language_code: str | None
     blocked: bool
 
 
-async def load_recipients(session: AsyncSession, user_ids: set[int]) -> dict[int, Recipient]:
+async def load_recipients(session: AsyncSession, user_ids: set[int]) -> dict[int, NotifiedUser]:
     rows = await session.execute(
         select(User.id, User.telegram_id, User.language_code, User.bot_blocked_at.is_not(None)).where(
             User.id.in_(sorted(user_ids))
         )
     )
-    return {r[0]: Recipient(r[0], r[1], r[2], r[3]) for r in rows}
+    return {r[0]: NotifiedUser(r[0], r[1], r[2], r[3]) for r in rows}
 
 
-def message_for(event: NotificationRequested, recipient: Recipient) -> MessageContent:
+def message_for(event: NotificationRequested, recipient: NotifiedUser) -> MessageContent:
     if event.content is not None:
         return event.content
     assert event.template is not None  # the contract requires one of the two
@@ -59,7 +59,7 @@ def message_for(event: NotificationRequested, recipient: Recipient) -> MessageCo
 
 
 async def send_to_user(
-    sender: TelegramSender, deliveries: list[Delivery[NotificationRequested]], recipient: Recipient | None
+    sender: TelegramSender, deliveries: list[Delivery[NotificationRequested]], recipient: NotifiedUser | None
 ) -> BaseException | None:
     """Send one user's notifications in order; stop at the first failure and return it."""
     for delivery in deliveries:
@@ -93,11 +93,13 @@ async def send_to_user(
         except Exception as error:
             return error
         if result.outcome is SendOutcome.BLOCKED:
-            recipient = Recipient(recipient.user_id, recipient.chat_id, recipient.language_code, blocked=True)
+            recipient = NotifiedUser(
+                recipient.user_id, recipient.chat_id, recipient.language_code, blocked=True
+            )
     return None
 
 
-def _content_or_fail(event: NotificationRequested, recipient: Recipient | None) -> MessageContent:
+def _content_or_fail(event: NotificationRequested, recipient: NotifiedUser | None) -> MessageContent:
     if recipient is None:
         raise PermanentError(f"user {event.user_id} not found")
     return message_for(event, recipient)

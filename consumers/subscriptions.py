@@ -52,7 +52,6 @@ from core.domain.subscriptions import (
     set_user_vip,
     should_kick,
 )
-from core.jobs import side_sessions
 from core.models import Channel, ChannelKind, Subscription, SubscriptionStatus, User, UserState
 from core.pipeline.errors import PermanentError
 from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
@@ -121,16 +120,13 @@ async def scheduled_daily_subscription_archive(
     the whole run. Each batch is idempotent, so a crash half-way loses nothing.
     """
     settings = ctx.services.subscriptions
-    sessions = side_sessions(ctx.session)
-    archived = 0
-    for _ in range(settings.max_batches):
-        async with sessions() as session, session.begin():
-            batch = await archive_expired(
-                session, tick.slot, older_than=settings.archive_after, limit=settings.batch_size
-            )
-        archived += batch
-        if batch == 0:
-            break
+    archived = await ctx.in_batches(
+        lambda session, limit: archive_expired(
+            session, tick.slot, older_than=settings.archive_after, limit=limit
+        ),
+        batch_size=settings.batch_size,
+        max_batches=settings.max_batches,
+    )
     if archived:
         logger.info("%d expired subscriptions archived", archived)
     return {"subscriptions_archived": archived}

@@ -207,10 +207,3 @@ async def skip_run(session: AsyncSession, run: RunKey, *, now: datetime, blocker
     """Record a tick the overlap policy skipped, naming the run that was still going."""
     reason = f"overlap: run of slot {blocker.slot.isoformat()} ({blocker.event_id}) still running"
     await session.execute(_upsert(run, JobRunStatus.SKIPPED, started_at=now, finished_at=now, error=reason))
-
-
-def side_sessions(session: AsyncSession) -> async_sessionmaker[AsyncSession]:
-    """Sessions on the same engine as ``session``, for bookkeeping outside the handler's transaction."""
-    if session.bind is None:
-        raise RuntimeError("job bookkeeping needs a session bound to an engine")
-    return async_sessionmaker(session.bind, expire_on_commit=False)

@@ -10,7 +10,9 @@
 
 Each handler gets its own consumer group, ``dianabot.{module}.{action}``, its own retry topics and
 its own ledger name, so handlers of the same event succeed, fail and retry independently.
-A handler never commits, retries, checks for duplicates or sleeps: the pipeline does that.
+A handler never commits, retries, checks for duplicates or sleeps: the pipeline does that. The one
+exception: jobs that work in bounded batches, through `HandlerContext.in_batches` (and job-run
+bookkeeping through `HandlerContext.transactions`).
 
 ``ctx.services`` is whatever the composition root built once for its handlers (the consumers' is
 ``consumers.services.Services``: settings sections, the Telegram sender, ...); the pipeline hands it
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typing_extensions import TypeVar
 
 from contracts.envelope import EventEnvelope, EventPayload
@@ -69,6 +71,35 @@ class HandlerContext(Generic[S]):
     services: S
     attempt: int = 0
 
+    def transactions(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions for short transactions of their own, outside the handler's unit of work.
+
+        The one exception to "only the pipeline commits", for two needs: bookkeeping that must
+        outlive a failing handler (a job's run record), and jobs that work through many rows in
+        bounded batches (see `in_batches`), where one long transaction would hold locks for the
+        whole run. Whatever runs here must be idempotent: a redelivered event runs it again.
+        """
+        if self.session.bind is None:
+            raise RuntimeError("short transactions need a session bound to an engine")
+        return async_sessionmaker(self.session.bind, expire_on_commit=False)
+
+    async def in_batches(self, step: BatchStep, *, batch_size: int, max_batches: int) -> int:
+        """Run ``step(session, batch_size)`` in one short transaction per batch until it does fewer
+        than ``batch_size`` rows or ``max_batches`` ran; return the rows done in all.
+
+        A crash half-way loses nothing as long as each batch is idempotent: the rerun (or the next
+        run) continues where this one stopped.
+        """
+        sessions = self.transactions()
+        total = 0
+        for _ in range(max_batches):
+            async with sessions() as session, session.begin():
+                done = await step(session, batch_size)
+            total += done
+            if done < batch_size:
+                break
+        return total
+
 
 @dataclass(frozen=True)
 class Delivery(Generic[P]):
@@ -77,6 +108,10 @@ class Delivery(Generic[P]):
     payload: P
     envelope: EventEnvelope
     attempt: int = 0
+
+
+BatchStep = Callable[[AsyncSession, int], Awaitable[int]]
+"""One bounded batch of a job's work in the given session (at most the given rows); the rows done."""
 
 
 class BatchEmitter(Protocol):

@@ -57,7 +57,7 @@ class OutcomeUnknown(TelegramTransientError):
     """The call was cut off and the notification asked to be resent in that case."""
 
 
-class FailureKind(StrEnum):
+class ApiFailureKind(StrEnum):
     RETRY_AFTER = "retry_after"
     MIGRATED = "migrated"
     FORBIDDEN = "forbidden"
@@ -71,7 +71,7 @@ class FailureKind(StrEnum):
 class Failure:
     """One failed Bot API call, classified."""
 
-    kind: FailureKind
+    kind: ApiFailureKind
     description: str
     delivered_maybe: bool = False
     retry_after_s: float = 0.0
@@ -81,29 +81,29 @@ class Failure:
 def classify_failure(error: BaseException) -> Failure:
     """Map an aiogram (or asyncio) exception onto what the sender does next."""
     if isinstance(error, TelegramRetryAfter):
-        return Failure(FailureKind.RETRY_AFTER, error.message, retry_after_s=float(error.retry_after))
+        return Failure(ApiFailureKind.RETRY_AFTER, error.message, retry_after_s=float(error.retry_after))
     if isinstance(error, TelegramMigrateToChat):
-        return Failure(FailureKind.MIGRATED, error.message, migrate_to_chat_id=error.migrate_to_chat_id)
+        return Failure(ApiFailureKind.MIGRATED, error.message, migrate_to_chat_id=error.migrate_to_chat_id)
     if isinstance(error, TelegramForbiddenError):
-        return Failure(FailureKind.FORBIDDEN, error.message)
+        return Failure(ApiFailureKind.FORBIDDEN, error.message)
     if isinstance(error, TelegramBadRequest):
-        return Failure(FailureKind.BAD_REQUEST, error.message)
+        return Failure(ApiFailureKind.BAD_REQUEST, error.message)
     if isinstance(error, TelegramNetworkError):
         # aiogram raises it `from` the aiohttp error; a refused connection never carried the request.
         refused = isinstance(error.__cause__, ClientConnectorError)
         return Failure(
-            FailureKind.NETWORK if refused else FailureKind.UNKNOWN,
+            ApiFailureKind.NETWORK if refused else ApiFailureKind.UNKNOWN,
             error.message,
             delivered_maybe=not refused,
         )
     if isinstance(error, TelegramServerError | ClientDecodeError):
         # Telegram (or its front end) answered with an error: the message was not accepted.
-        return Failure(FailureKind.SERVER, _describe(error))
+        return Failure(ApiFailureKind.SERVER, _describe(error))
     if isinstance(error, TelegramAPIError):  # 401, 404, 409, 413: a misconfiguration, retried while fixed
-        return Failure(FailureKind.SERVER, error.message)
+        return Failure(ApiFailureKind.SERVER, error.message)
     if isinstance(error, AiogramError):
-        return Failure(FailureKind.SERVER, _describe(error))
-    return Failure(FailureKind.UNKNOWN, _describe(error), delivered_maybe=True)
+        return Failure(ApiFailureKind.SERVER, _describe(error))
+    return Failure(ApiFailureKind.UNKNOWN, _describe(error), delivered_maybe=True)
 
 
 def _describe(error: BaseException) -> str:

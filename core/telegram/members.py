@@ -21,7 +21,7 @@ from core.clock import Clock
 from core.telegram import metrics
 from core.telegram.calls import classified, timed
 from core.telegram.errors import (
-    FailureKind,
+    ApiFailureKind,
     TelegramPermanentError,
     TelegramRateLimited,
     TelegramTransientError,
@@ -135,17 +135,17 @@ class MemberCalls:
                 return await timed(method, call(chat))
             except Exception as error:
                 failure = classified(error)
-            if failure.kind is FailureKind.MIGRATED and failure.migrate_to_chat_id is not None:
+            if failure.kind is ApiFailureKind.MIGRATED and failure.migrate_to_chat_id is not None:
                 await self.ledger.record_migration(chat, failure.migrate_to_chat_id)
                 chat = failure.migrate_to_chat_id
-            elif failure.kind is FailureKind.RETRY_AFTER:
+            elif failure.kind is ApiFailureKind.RETRY_AFTER:
                 await self.gate.pause(["admin"], failure.retry_after_s)
                 metrics.RATE_LIMITED.labels("admin").inc()
                 if time.monotonic() + failure.retry_after_s > deadline:
                     raise TelegramRateLimited(
                         f"retry after {failure.retry_after_s:.0f}s", failure.retry_after_s
                     )
-            elif failure.kind in (FailureKind.FORBIDDEN, FailureKind.BAD_REQUEST):
+            elif failure.kind in (ApiFailureKind.FORBIDDEN, ApiFailureKind.BAD_REQUEST):
                 raise TelegramPermanentError(failure.description)
             else:
                 raise TelegramTransientError(failure.description)

@@ -38,8 +38,8 @@ from core.telegram import metrics
 from core.telegram.calls import classified, deliver, timed
 from core.telegram.content import Part, plan_parts
 from core.telegram.errors import (
+    ApiFailureKind,
     Failure,
-    FailureKind,
     OutcomeUnknown,
     SendInFlight,
     TelegramPermanentError,
@@ -214,12 +214,12 @@ class TelegramSender(MemberCalls):
             message_id, failure = await self._call_recorded(attempt, part, chat_id)
             if failure is None:
                 return SendOutcome.SENT, chat_id, message_id
-            if failure.kind is FailureKind.MIGRATED and migrations < MAX_MIGRATIONS:
+            if failure.kind is ApiFailureKind.MIGRATED and migrations < MAX_MIGRATIONS:
                 migrations += 1
                 chat_id = await self._follow_migration(attempt, chat_id, failure)
                 attempt = None
                 continue
-            if failure.kind is FailureKind.RETRY_AFTER:
+            if failure.kind is ApiFailureKind.RETRY_AFTER:
                 await self._honour_retry_after(attempt, chat_id, failure, deadline)
                 attempt = None
                 continue
@@ -371,16 +371,16 @@ class TelegramSender(MemberCalls):
         self, attempt: Attempt, request: SendRequest, chat_id: int, failure: Failure
     ) -> SendOutcome:
         """Record a final (or not-now) outcome; return it, or raise what the pipeline should see."""
-        if failure.kind is FailureKind.FORBIDDEN and chat_id > 0:
+        if failure.kind is ApiFailureKind.FORBIDDEN and chat_id > 0:
             await self._finish(
                 attempt, SendStatus.BLOCKED, error=failure.description, blocked_chat_id=chat_id
             )
             logger.info("user blocked the bot; marked", extra={"chat_id": chat_id})
             return SendOutcome.BLOCKED
-        if failure.kind in (FailureKind.FORBIDDEN, FailureKind.BAD_REQUEST, FailureKind.MIGRATED):
+        if failure.kind in (ApiFailureKind.FORBIDDEN, ApiFailureKind.BAD_REQUEST, ApiFailureKind.MIGRATED):
             await self._finish(attempt, SendStatus.FAILED, error=failure.description)
             raise TelegramPermanentError(failure.description)
-        if failure.kind is FailureKind.UNKNOWN:
+        if failure.kind is ApiFailureKind.UNKNOWN:
             await self._finish(attempt, SendStatus.UNKNOWN, error=failure.description)
             logger.warning("send outcome unknown (%s)", failure.description, extra={"send_key": attempt.key})
             if request.resend_if_unknown:
@@ -455,9 +455,3 @@ async def _settled(step: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], async
         except asyncio.CancelledError as error:
             cancelled = error
     return task, cancelled
-
-
-def content_summary(content: MessageContent) -> str:
-    """A short, log-safe description of a message (never its text)."""
-    kinds = ",".join(m.kind for m in content.media) or "text"
-    return f"{kinds} ({len(content.text or '')} chars, {sum(len(r) for r in content.buttons)} buttons)"

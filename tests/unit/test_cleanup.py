@@ -1,4 +1,5 @@
-"""The cleanup's batch loop: one short transaction per batch, until a short batch or the cap."""
+"""Jobs' batch loop (`HandlerContext.in_batches`): one short transaction per batch, until a short
+batch or the cap."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from consumers.jobs import run_in_batches
 from consumers.services import Retention
+from core.pipeline.handlers import HandlerContext
 
 CUTOFF = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -37,6 +38,14 @@ class FakeSessions:
         self.committed += 1
 
 
+class ContextWithFakeSessions(HandlerContext[None]):
+    def __init__(self, sessions: FakeSessions) -> None:
+        object.__setattr__(self, "fake_sessions", sessions)
+
+    def transactions(self) -> async_sessionmaker[AsyncSession]:
+        return cast(async_sessionmaker[AsyncSession], self.fake_sessions)  # type: ignore[attr-defined]
+
+
 def scripted(batches: Sequence[int], calls: list[tuple[datetime, int]]) -> Any:
     remaining = list(batches)
 
@@ -56,17 +65,16 @@ def scripted(batches: Sequence[int], calls: list[tuple[datetime, int]]) -> Any:
         ([3, 3, 3, 3], 2, 6, 2),  # bounded: the rest waits for the next run
     ],
 )
-async def test_run_in_batches_commits_each_batch_and_stops_at_a_short_batch_or_the_cap(
+async def test_in_batches_commits_each_batch_and_stops_at_a_short_batch_or_the_cap(
     batches: list[int], max_batches: int, total: int, transactions: int
 ) -> None:
     sessions = FakeSessions()
     calls: list[tuple[datetime, int]] = []
     retention = Retention(batch_size=3, max_batches=max_batches)
 
-    deleted = await run_in_batches(
-        cast(async_sessionmaker[AsyncSession], sessions),
-        scripted(batches, calls),
-        CUTOFF,
+    purge = scripted(batches, calls)
+    deleted = await ContextWithFakeSessions(sessions).in_batches(
+        lambda session, limit: purge(session, CUTOFF, limit),
         batch_size=retention.batch_size,
         max_batches=retention.max_batches,
     )

@@ -79,3 +79,14 @@ def test_handlers_reach_telegram_only_through_the_senders_public_face() -> None:
         if (reach := _telegram_reach(path))
     }
     assert reaching == {}
+
+
+def test_no_source_module_is_over_500_lines() -> None:
+    """A module that long does several jobs: split it by concern."""
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for package in sorted(PROJECT - {"tests"})
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (lines := len(path.read_text().splitlines())) > 500
+    }
+    assert long == {}

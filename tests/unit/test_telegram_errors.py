@@ -13,7 +13,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from core.pipeline.errors import FailureKind as PipelineKind
 from core.pipeline.errors import classify
 from core.telegram.errors import (
-    FailureKind,
+    ApiFailureKind,
     OutcomeUnknown,
     TelegramPermanentError,
     TelegramRateLimited,
@@ -54,27 +54,27 @@ async def _failure_of(bot: Bot, chat_id: int = USER) -> BaseException:
 async def test_blocked_user_is_forbidden(bot: Bot, double: TelegramDouble) -> None:
     double.set_faults(blocked={USER})
     failure = classify_failure(await _failure_of(bot))
-    assert (failure.kind, failure.delivered_maybe) == (FailureKind.FORBIDDEN, False)
+    assert (failure.kind, failure.delivered_maybe) == (ApiFailureKind.FORBIDDEN, False)
     assert "blocked" in failure.description
 
 
 async def test_chat_not_found_is_a_bad_request(bot: Bot, double: TelegramDouble) -> None:
     double.set_faults(chat_not_found={USER})
     failure = classify_failure(await _failure_of(bot))
-    assert failure.kind is FailureKind.BAD_REQUEST
+    assert failure.kind is ApiFailureKind.BAD_REQUEST
     assert "chat not found" in failure.description
 
 
 async def test_429_carries_retry_after(bot: Bot, double: TelegramDouble) -> None:
     double.set_faults(storm={"count": 1, "retry_after": 7})
     failure = classify_failure(await _failure_of(bot))
-    assert (failure.kind, failure.retry_after_s) == (FailureKind.RETRY_AFTER, 7.0)
+    assert (failure.kind, failure.retry_after_s) == (ApiFailureKind.RETRY_AFTER, 7.0)
 
 
 async def test_migration_names_the_new_chat(bot: Bot, double: TelegramDouble) -> None:
     double.set_faults(migrated={-4242: -1004242424242})
     failure = classify_failure(await _failure_of(bot, -4242))
-    assert (failure.kind, failure.migrate_to_chat_id) == (FailureKind.MIGRATED, -1004242424242)
+    assert (failure.kind, failure.migrate_to_chat_id) == (ApiFailureKind.MIGRATED, -1004242424242)
 
 
 @pytest.mark.parametrize("html", [True, False])
@@ -83,7 +83,7 @@ async def test_server_errors_including_nginx_html_are_not_delivered(
 ) -> None:
     double.set_faults(server_errors={"count": 1, "status": 502, "html": html})
     failure = classify_failure(await _failure_of(bot))
-    assert (failure.kind, failure.delivered_maybe) == (FailureKind.SERVER, False)
+    assert (failure.kind, failure.delivered_maybe) == (ApiFailureKind.SERVER, False)
     assert double.messages_for(USER) == []
 
 
@@ -92,7 +92,7 @@ async def test_a_timeout_is_unknown_because_the_message_may_have_gone_out(
 ) -> None:
     double.set_faults(slow={"delay": 1.0, "count": 1})
     failure = classify_failure(await _failure_of(bot))
-    assert (failure.kind, failure.delivered_maybe) == (FailureKind.UNKNOWN, True)
+    assert (failure.kind, failure.delivered_maybe) == (ApiFailureKind.UNKNOWN, True)
     assert len(double.messages_for(USER)) == 1  # it did go out
 
 
@@ -105,7 +105,7 @@ async def test_a_refused_connection_never_delivered() -> None:
         failure = classify_failure(await _failure_of(bot))
     finally:
         await bot.session.close()
-    assert (failure.kind, failure.delivered_maybe) == (FailureKind.NETWORK, False)
+    assert (failure.kind, failure.delivered_maybe) == (ApiFailureKind.NETWORK, False)
 
 
 def test_the_pipeline_retries_transient_ones_and_dead_letters_permanent_ones() -> None:
