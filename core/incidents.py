@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from contracts.ids import derived_event_id
-from core.models import Base
+from core.model_base import Base
 
 Severity = Literal["warning", "critical"]
 _RANK = {"warning": 0, "critical": 1}

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models import Base, _enum
+from core.model_base import Base, string_enum
 
 # The two-key advisory lock space of job-run bookkeeping (b"JOBS"), apart from single-key locks.
 JOB_LOCK_SPACE = 0x4A4F4253
@@ -70,7 +70,7 @@ class JobRun(Base):
     job: Mapped[str] = mapped_column(String(128))
     slot: Mapped[datetime]
     kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[JobRunStatus] = mapped_column(_enum(JobRunStatus, "job_run_status"))
+    status: Mapped[JobRunStatus] = mapped_column(string_enum(JobRunStatus, "job_run_status"))
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]

@@ -16,50 +16,21 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Date,
-    DateTime,
-    Enum,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column
 
-# Deterministic constraint names keep autogenerate and hand-written migrations in step.
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute
-        datetime: DateTime(timezone=True),
-        dict[str, Any]: JSONB,
-    }
-
-
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    # VARCHAR + CHECK instead of a native PG enum: adding a value is a plain migration.
-    return Enum(
-        cls,
-        name=name,
-        native_enum=False,
-        create_constraint=True,
-        length=32,
-        values_callable=lambda members: [m.value for m in members],
-    )
+from core.model_base import Base as Base  # re-exported: importing it from here registers every table
+from core.model_base import string_enum
 
 
 class UserState(enum.StrEnum):
@@ -148,7 +119,7 @@ class User(TimestampMixin, Base):
     telegram_id: Mapped[int] = mapped_column(BigInteger, unique=True)
     username: Mapped[str | None] = mapped_column(String(64))
     language_code: Mapped[str | None] = mapped_column(String(16))
-    state: Mapped[UserState] = mapped_column(_enum(UserState, "user_state"), default=UserState.FREE)
+    state: Mapped[UserState] = mapped_column(string_enum(UserState, "user_state"), default=UserState.FREE)
     last_active_at: Mapped[datetime | None]
     # Set when Telegram answers 403: the user blocked the bot; nothing is sent to them after.
     bot_blocked_at: Mapped[datetime | None]
@@ -181,7 +152,7 @@ class Transaction(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     amount: Mapped[int] = mapped_column(BigInteger)
-    type: Mapped[TransactionType] = mapped_column(_enum(TransactionType, "transaction_type"))
+    type: Mapped[TransactionType] = mapped_column(string_enum(TransactionType, "transaction_type"))
     source: Mapped[str] = mapped_column(String(32))
     description: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
@@ -205,9 +176,9 @@ class Subscription(TimestampMixin, Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    plan: Mapped[SubscriptionPlan] = mapped_column(_enum(SubscriptionPlan, "subscription_plan"))
+    plan: Mapped[SubscriptionPlan] = mapped_column(string_enum(SubscriptionPlan, "subscription_plan"))
     status: Mapped[SubscriptionStatus] = mapped_column(
-        _enum(SubscriptionStatus, "subscription_status"), default=SubscriptionStatus.ACTIVE
+        string_enum(SubscriptionStatus, "subscription_status"), default=SubscriptionStatus.ACTIVE
     )
     start_at: Mapped[datetime]
     end_at: Mapped[datetime | None]
@@ -243,7 +214,7 @@ class Channel(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     telegram_chat_id: Mapped[int] = mapped_column(BigInteger, unique=True)
-    kind: Mapped[ChannelKind] = mapped_column(_enum(ChannelKind, "channel_kind"))
+    kind: Mapped[ChannelKind] = mapped_column(string_enum(ChannelKind, "channel_kind"))
     title: Mapped[str | None] = mapped_column(String(255))
 
 
@@ -255,15 +226,17 @@ class ChannelPost(TimestampMixin, Base):
     # The producer's id of the post (post.scheduled's post_id): updates find the row by it.
     external_id: Mapped[str | None] = mapped_column(String(128), unique=True)
     channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
-    post_type: Mapped[PostType] = mapped_column(_enum(PostType, "post_type"))
+    post_type: Mapped[PostType] = mapped_column(string_enum(PostType, "post_type"))
     # {"text": ..., "media": [...], "buttons": [[{"text": ..., "url": ...}]]}
     content: Mapped[dict[str, Any]]
     scheduled_for: Mapped[datetime]
-    status: Mapped[PostStatus] = mapped_column(_enum(PostStatus, "post_status"), default=PostStatus.SCHEDULED)
+    status: Mapped[PostStatus] = mapped_column(
+        string_enum(PostStatus, "post_status"), default=PostStatus.SCHEDULED
+    )
     published_at: Mapped[datetime | None]
     telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
     is_protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
-    recurrence: Mapped[Recurrence | None] = mapped_column(_enum(Recurrence, "recurrence"))
+    recurrence: Mapped[Recurrence | None] = mapped_column(string_enum(Recurrence, "recurrence"))
 
 
 class ChannelJoinRequest(Base):
@@ -285,7 +258,7 @@ class ChannelJoinRequest(Base):
     telegram_user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     requested_at: Mapped[datetime]
     status: Mapped[JoinRequestStatus] = mapped_column(
-        _enum(JoinRequestStatus, "join_request_status"), default=JoinRequestStatus.PENDING
+        string_enum(JoinRequestStatus, "join_request_status"), default=JoinRequestStatus.PENDING
     )
     decided_at: Mapped[datetime | None]
 
@@ -296,7 +269,7 @@ class Mission(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
     title: Mapped[str] = mapped_column(String(255))
-    mission_type: Mapped[MissionType] = mapped_column(_enum(MissionType, "mission_type"))
+    mission_type: Mapped[MissionType] = mapped_column(string_enum(MissionType, "mission_type"))
     requirements: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
     # {"besitos": 10, "items": [...]}
     rewards: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
@@ -317,7 +290,7 @@ class UserMission(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     mission_id: Mapped[int] = mapped_column(ForeignKey("missions.id", ondelete="CASCADE"))
     status: Mapped[UserMissionStatus] = mapped_column(
-        _enum(UserMissionStatus, "user_mission_status"), default=UserMissionStatus.ACTIVE
+        string_enum(UserMissionStatus, "user_mission_status"), default=UserMissionStatus.ACTIVE
     )
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
     period_start: Mapped[date] = mapped_column(Date)
@@ -417,6 +390,8 @@ class DeadLetterRecord(Base):
     headers: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
 
 
+# Every table in one metadata for Alembic; those modules import Base from core.model_base, not
+# from here, so this is not a cycle.
 import core.incidents  # noqa: E402
 import core.jobs  # noqa: E402
 import core.telegram.models  # noqa: E402,F401

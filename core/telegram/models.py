@@ -14,7 +14,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, fun
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models import Base, _enum
+from core.model_base import Base, string_enum
 
 
 class SendStatus(enum.StrEnum):
@@ -54,7 +54,7 @@ class TelegramSend(Base):
     user_id: Mapped[int | None] = mapped_column(BigInteger)
     priority: Mapped[str] = mapped_column(String(16))
     method: Mapped[str] = mapped_column(String(32))
-    status: Mapped[SendStatus] = mapped_column(_enum(SendStatus, "telegram_send_status"))
+    status: Mapped[SendStatus] = mapped_column(string_enum(SendStatus, "telegram_send_status"))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
@@ -132,7 +132,9 @@ class BroadcastRecipient(Base):
     )
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     chat_id: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[RecipientStatus] = mapped_column(_enum(RecipientStatus, "broadcast_recipient_status"))
+    status: Mapped[RecipientStatus] = mapped_column(
+        string_enum(RecipientStatus, "broadcast_recipient_status")
+    )
     event_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     # The send ledger key of the recipient's message (its first part); progress joins on it.
     send_key: Mapped[str | None] = mapped_column(String(200))

@@ -90,3 +90,51 @@ def test_no_source_module_is_over_500_lines() -> None:
         if (lines := len(path.read_text().splitlines())) > 500
     }
     assert long == {}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(path: Path, modules: set[str]) -> set[str]:
+    """The project modules `path` imports when it is loaded (not inside functions)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            submodules = [f"{node.module}.{alias.name}" for alias in node.names]
+            # `from package import submodule` needs the submodule, not the rest of the package.
+            names = submodules if all(m in modules for m in submodules) else [node.module, *submodules]
+        found |= {name for name in names if name in modules}
+    return found
+
+
+def test_no_import_cycle() -> None:
+    paths = {
+        _module_name(path): path
+        for package in sorted(PROJECT - {"tests"})
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    modules = set(paths)
+    graph = {name: _top_level_imports(path, modules) - {name} for name, path in paths.items()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycles.append([*trail[trail.index(target) :], target])
+            elif target not in state:
+                visit(target, [*trail, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
