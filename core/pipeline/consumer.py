@@ -51,10 +51,6 @@ POLL_MARGIN_S = 300.0
 # consumer, each walking every assigned partition, was most of an idle process's CPU). Records and
 # rebalances wake them at once; only a partition resumed after a pause waits for the next fetch.
 IDLE_POLL_MS = 5_000
-# Group heartbeats: 37 groups at aiokafka's 3 s were a sixth of an idle process's CPU. A member
-# that dies is noticed after the session timeout (10 s by default), so its partitions wait 5 s more.
-HEARTBEAT_MS = 5_000
-SESSION_TIMEOUT_MS = 15_000
 # A shared retry consumer waits in the batch for records due this soon; a later one pauses its
 # partition until due (then it is fetched within IDLE_POLL_MS).
 RETRY_WAIT_UP_TO_S = 2.0
@@ -213,8 +209,6 @@ def subscribe_handlers(
         "batch_timeout_ms": IDLE_POLL_MS,
         "fetch_max_wait_ms": IDLE_POLL_MS,
         "consumer_timeout_ms": IDLE_POLL_MS,
-        "heartbeat_interval_ms": HEARTBEAT_MS,
-        "session_timeout_ms": SESSION_TIMEOUT_MS,
         **consumer_options,
     }
     for spec in specs:
