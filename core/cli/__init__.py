@@ -10,8 +10,8 @@
 
 The commands are a Typer app, built here by `build_app`; the ``dianabot`` console script
 (``dianabot_cli``) adds the scheduler's ``jobs`` commands and completion of handler names from the
-handler registry, which this package may not import. ``python -m core.cli`` runs the same app, its
-``jobs`` handed to ``schedulers.cli`` when that is installed.
+handler registry, which this package may not import. ``python -m core.cli`` runs the app without
+``jobs`` (``dianabot jobs`` or ``python -m schedulers``).
 
 Tables are drawn with Rich on a terminal and as aligned text otherwise; ``--json`` prints JSON
 instead. Only the ``DIANABOT_KAFKA__*`` settings are read (and ``DIANABOT_DATABASE__*`` by
@@ -115,15 +115,6 @@ def _load_optional(module: str, attribute: str) -> Callable[..., Any] | None:
         raise
     found: Callable[..., Any] | None = getattr(loaded, attribute, None)
     return found
-
-
-def run_jobs(argv: Sequence[str]) -> int:
-    """``jobs ...`` is the scheduler's own CLI: ``schedulers.cli.main(argv)``."""
-    main_ = _load_optional("schedulers.cli", "main")
-    if main_ is None:
-        print("jobs: not available here (schedulers.cli is not installed)", file=sys.stderr)
-        return 1
-    return int(main_(list(argv)) or 0)
 
 
 async def cmd_broadcast_progress(args: argparse.Namespace, settings: KafkaSettings) -> int:
@@ -263,32 +254,15 @@ def broadcast_progress_command(
     return execute(ctx, cmd_broadcast_progress, args)
 
 
-def jobs_command(ctx: typer.Context) -> Any:
-    """Scheduled jobs: jobs list | jobs trigger NAME (schedulers.cli)."""
-    return run_jobs(ctx.args)
-
-
-_PASS_ON = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-
-
 def build_app(jobs: typer.Typer | None = None) -> typer.Typer:
-    """The operator app: dlq, lag, broadcast, and `jobs` (else ``jobs`` runs ``schedulers.cli``)."""
+    """The operator app: dlq, lag, broadcast, and the scheduler's `jobs` when given."""
     app = typer.Typer(
         help="DianaBot jobs: operator tools.", no_args_is_help=True, pretty_exceptions_enable=False
     )
     app.add_typer(dlq.app, name="dlq")
     app.command("lag")(lag_command)
-    if jobs is not None:
+    if jobs is not None:  # the scheduler's, handed in by dianabot_cli (core may not import it)
         app.add_typer(jobs, name="jobs")
-    else:
-        app.command(
-            "jobs",
-            context_settings={
-                "allow_extra_args": True,
-                "ignore_unknown_options": True,
-                "help_option_names": [],
-            },
-        )(jobs_command)
     app.add_typer(broadcast_app, name="broadcast")
     return app
 

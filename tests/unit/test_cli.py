@@ -125,7 +125,9 @@ def test_kafka_settings_are_read_without_a_bot_token(monkeypatch: pytest.MonkeyP
         load_kafka_settings()
 
 
-def test_jobs_are_delegated_to_the_scheduler_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_core_cli_does_not_reach_up_into_the_scheduler_for_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`jobs` belong to the scheduler (`python -m schedulers`, `dianabot jobs`): core's own command
+    line neither imports it nor loads it at run time."""
     calls: list[list[str]] = []
 
     def fake_main(argv: list[str]) -> int:
@@ -133,8 +135,8 @@ def test_jobs_are_delegated_to_the_scheduler_cli(monkeypatch: pytest.MonkeyPatch
         return 3
 
     monkeypatch.setitem(sys.modules, "schedulers.cli", types.SimpleNamespace(main=fake_main))
-    assert main(["jobs", "trigger", "scheduled_daily_cleanup"]) == 3
-    assert calls == [["trigger", "scheduled_daily_cleanup"]]
+    assert main(["jobs", "trigger", "scheduled_daily_cleanup"]) == 2  # no such command here
+    assert calls == []
 
 
 def test_a_missing_optional_module_is_told_apart_from_a_broken_one() -> None:
