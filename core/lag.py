@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
 
 from core import metrics
@@ -87,8 +88,25 @@ def _lag(group: str, tp: TopicPartition, committed: int | None, start: int, end:
     return GroupLag(group, tp.topic, tp.partition, committed, end, max(0, end - read_from))
 
 
+# A broker creates its offsets topic on the first group request; until then (a few seconds on a new
+# cluster) it answers "coordinator not available", which is no reason to fail a lag report.
+COORDINATOR_WAIT_S = 15.0
+
+
+async def _committed_offsets(admin: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, Any]:
+    waited = 0.0
+    while True:
+        try:
+            return dict(await admin.list_consumer_group_offsets(group))
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+            if waited >= COORDINATOR_WAIT_S:
+                raise
+            await asyncio.sleep(0.5)
+            waited += 0.5
+
+
 async def _positions(admin: AIOKafkaAdminClient, group: str) -> Positions:
-    committed = await admin.list_consumer_group_offsets(group)
+    committed = await _committed_offsets(admin, group)
     positions: Positions = {tp: int(om.offset) for tp, om in committed.items() if om.offset >= 0}
     for tp in await _assigned(admin, group):
         positions.setdefault(tp, None)
