@@ -20,11 +20,13 @@ are the chaos harness's (``bench/chaos``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import itertools
 import json
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -56,6 +58,24 @@ BASE = datetime(2031, 1, 1, tzinfo=UTC)
 DAY_MS = 86_400_000
 # Low 64 bits of an event id: the RFC 4122 variant bits ("8"), then the index in 15 hex digits.
 VARIANT_HEX = "8"
+
+
+DEFAULT_KAFKA = "127.0.0.1:9092"
+DEFAULT_DATABASE = "postgresql+asyncpg://dianabot:dianabot@127.0.0.1:5432/dianabot"
+
+
+def add_service_arguments(parser: argparse.ArgumentParser, *, database: str, processes: str) -> None:
+    """The arguments every run of the real consumers process takes: where Kafka and PostgreSQL are,
+    the run's own database, which source to run and its log level."""
+    parser.add_argument("--kafka", default=os.environ.get("DIANABOT_KAFKA__BOOTSTRAP_SERVERS", DEFAULT_KAFKA))
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DIANABOT_DATABASE__URL", DEFAULT_DATABASE),
+        help="any database on the server: the run's own is dropped and created beside it",
+    )
+    parser.add_argument("--database", default=database, help="dropped and created for each run")
+    parser.add_argument("--source", choices=("head", "worktree"), default="head")
+    parser.add_argument("--log-level", default="WARNING", help=f"the service {processes}' log level")
 
 
 def activity_lane(lanes: Iterable[Lane] | None = None) -> Lane:

@@ -44,11 +44,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench.activity import (
+    DEFAULT_DATABASE,
+    DEFAULT_KAFKA,
     ActivityPlan,
     GroupWatch,
     Sender,
     Tally,
     activity_lane,
+    add_service_arguments,
     commits_per_tenth,
     drain_rate,
     handled,
@@ -68,8 +71,6 @@ from contracts.topics import USERS
 from core.settings import KafkaSettings
 
 logger = logging.getLogger("bench.scaleout")
-DEFAULT_KAFKA = "127.0.0.1:9092"
-DEFAULT_DATABASE = "postgresql+asyncpg://dianabot:dianabot@127.0.0.1:5432/dianabot"
 
 
 @dataclass(frozen=True)
@@ -315,15 +316,7 @@ def parse_args(argv: list[str] | None = None) -> ScaleOptions:
     parser.add_argument("--kill-at", type=float, default=0.85, help="backlog share handled at the SIGKILL")
     parser.add_argument("--restart-after", type=float, default=2.0, help="seconds from SIGKILL to restart")
     parser.add_argument("--drain-timeout", type=float, default=600.0)
-    parser.add_argument("--kafka", default=os.environ.get("DIANABOT_KAFKA__BOOTSTRAP_SERVERS", DEFAULT_KAFKA))
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DIANABOT_DATABASE__URL", DEFAULT_DATABASE),
-        help="any database on the server: the run's own is dropped and created beside it",
-    )
-    parser.add_argument("--database", default="dianabot_scale", help="dropped and created for each drain")
-    parser.add_argument("--source", choices=("head", "worktree"), default="head")
-    parser.add_argument("--log-level", default="WARNING", help="the service processes' log level")
+    add_service_arguments(parser, database="dianabot_scale", processes="processes")
     a = parser.parse_args(argv)
     return ScaleOptions(
         processes=tuple(int(n) for n in a.processes.split(",")),

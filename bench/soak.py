@@ -34,11 +34,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench.activity import (
+    DEFAULT_DATABASE,
+    DEFAULT_KAFKA,
     ActivityPlan,
     GroupWatch,
     Sender,
     Tally,
     activity_lane,
+    add_service_arguments,
     handled,
     handler_kind,
     logs_dir,
@@ -54,8 +57,6 @@ from bench.chaos.run import prepare_source
 from core.settings import KafkaSettings
 
 logger = logging.getLogger("bench.soak")
-DEFAULT_KAFKA = "127.0.0.1:9092"
-DEFAULT_DATABASE = "postgresql+asyncpg://dianabot:dianabot@127.0.0.1:5432/dianabot"
 
 
 @dataclass(frozen=True)
@@ -278,15 +279,7 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
     parser.add_argument("--warmup", type=float, default=60.0, help="least seconds of warm-up")
     parser.add_argument("--growth-target", type=float, default=10.0, help="largest RSS growth, percent")
     parser.add_argument("--drain-timeout", type=float, default=900.0)
-    parser.add_argument("--kafka", default=os.environ.get("DIANABOT_KAFKA__BOOTSTRAP_SERVERS", DEFAULT_KAFKA))
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DIANABOT_DATABASE__URL", DEFAULT_DATABASE),
-        help="any database on the server: the run's own is dropped and created beside it",
-    )
-    parser.add_argument("--database", default="dianabot_soak", help="dropped and created for the run")
-    parser.add_argument("--source", choices=("head", "worktree"), default="head")
-    parser.add_argument("--log-level", default="WARNING", help="the service process's log level")
+    add_service_arguments(parser, database="dianabot_soak", processes="process")
     a = parser.parse_args(argv)
     return SoakOptions(
         events=a.events,
