@@ -55,8 +55,10 @@ from core.telegram.settings import SenderSettings
 logger = logging.getLogger("dianabot.telegram")
 
 T = TypeVar("T")
-# The intent is recorded this long before its slot at most (see `IntentLead`).
-_MAX_INTENT_LEAD_S = 0.25
+# The intent is recorded this long before its slot at most (see `IntentLead`). Off (0): with a lead,
+# a 429 storm test saw one send inside an announced retry_after in CI; the intent kept across a lost
+# slot is what ends the livelock (each message still attempted once).
+_MAX_INTENT_LEAD_S = 0.0
 # How long a cancelled send still waits for its ledger step (one statement) to commit; past it the
 # row stays `pending` and reads as unknown after the lease, as after a crash.
 _LEDGER_STEP_WITHIN_S = 10.0
