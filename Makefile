@@ -14,26 +14,31 @@ TEST_KAFKA_CONTROLLER_PORT ?= 19093
 TEST_KAFKA := KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_CONTROLLER_PORT=$(TEST_KAFKA_CONTROLLER_PORT) \
 	KAFKA_HOME_DIR=$(CURDIR)/.devstack/kafka-test
 
-$(STAMP): pyproject.toml
+# The lock files (make lock): exact pins with hashes. requirements/lock.txt is the runtime (the
+# image installs it), dev-lock.txt adds the dev extra (make venv, so make test and CI), bench-lock.txt
+# the bench extra too (make bench). Each is resolved under the one before it as constraints, so a
+# package has the same pin in all three.
+LOCK := requirements/lock.txt
+DEV_LOCK := requirements/dev-lock.txt
+BENCH_LOCK := requirements/bench-lock.txt
+
+# The venv gets exactly the dev lock's pins (pip checks the hashes), then the project without
+# dependencies: anything pyproject.toml asks for that the lock lacks fails the unit tests
+# (tests/unit/test_lock.py), not the install.
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r $(DEV_LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 # The bench extra (Celery, Redis client, psycopg) only for `make bench`, not for run or test.
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
-$(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,bench]'
+$(BENCH_STAMP): pyproject.toml $(BENCH_LOCK) $(STAMP)
+	$(BIN)/pip install -q -r $(BENCH_LOCK)
 	touch $(BENCH_STAMP)
-
-# The lock files: exact pins with hashes. requirements/lock.txt is the runtime, dev-lock.txt adds the
-# dev extra, bench-lock.txt the bench extra too. Each is resolved under the one before it as
-# constraints, so a package has the same pin in all three.
-LOCK := requirements/lock.txt
-DEV_LOCK := requirements/dev-lock.txt
-BENCH_LOCK := requirements/bench-lock.txt
 
 # uv, not pip-compile, resolves the locks: `uv pip compile` takes the target (CPython 3.11 on x86_64
 # Linux) as options, whatever machine runs it, where pip-compile resolves for the interpreter and
