@@ -13,6 +13,10 @@ RUN groupadd --system --gid 10001 dianabot \
        --shell /usr/sbin/nologin dianabot
 
 WORKDIR /app
+# The runtime lock first (exact pins, hashes checked; `make lock` writes it), in a layer of its own that
+# a code change does not rebuild; then the project itself with no dependencies of its own choosing.
+COPY requirements/lock.txt requirements/lock.txt
+RUN pip install --no-cache-dir -r requirements/lock.txt
 COPY pyproject.toml README.md ./
 COPY contracts contracts
 COPY core core
@@ -23,7 +27,7 @@ COPY devstack devstack
 COPY bench bench
 COPY migrations migrations
 COPY alembic.ini ./
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
 
 # Root owns the code and the installed packages; the processes only read them.
 USER 10001:10001
