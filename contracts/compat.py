@@ -249,7 +249,8 @@ def _bounds(old: Schema, new: Schema, path: str) -> Iterator[Break]:
             (key in _LOWER_BOUNDS and new[key] < old[key]) or (key in _UPPER_BOUNDS and new[key] > old[key])
         )
         if not looser:
-            yield Break(path, NARROWED, f"{key} was {old.get(key, 'unset')!r}, now {new[key]!r}")
+            was = repr(old[key]) if key in old else "unset"
+            yield Break(path, NARROWED, f"{key} was {was}, now {new[key]!r}")
     if new.get("uniqueItems") and not old.get("uniqueItems"):
         yield Break(path, NARROWED, "items must now be unique")
 
