@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCAL_ENV := . devstack/local.env &&
 
-.PHONY: venv lock up down up-test down-test run test lint typecheck unit integration migrate asyncapi promtool bench chaos clean
+.PHONY: venv lock up down up-test down-test run test lint typecheck unit integration migrate asyncapi schemas promtool bench chaos clean
 
 # The suite has a broker of its own (and the database dianabot_test): the topics, groups and events
 # it leaves behind never reach the dev broker, so `make run` after `make test` starts clean.
@@ -87,6 +87,13 @@ run: venv up migrate
 # the committed file is stale. Connects to nothing.
 asyncapi: venv
 	$(BIN)/python -m consumers.asyncapi --out docs/asyncapi.yaml
+
+# docs/schemas from the contracts (contracts/baselines.py): each event's JSON Schema, the envelope's,
+# index.json, and each payload's baseline per schema_version (docs/README.md: evolving a contract).
+# Refuses, exit 1, a change that breaks producers of a published version; tests/unit/test_contracts.py
+# fails on that and when the committed files are stale. Connects to nothing.
+schemas: venv
+	$(BIN)/python -m contracts.baselines --out docs/schemas
 
 lint: venv
 	$(BIN)/ruff check .
