@@ -44,7 +44,7 @@ def test_exposed_names_follow_the_exposition_suffixes() -> None:
         "dianabot_handler_seconds_sum",
     } <= names
     assert {
-        "dianabot_consumer_lag",
+        "dianabot_consumer_lag_records",
         "dianabot_scheduler_is_leader",
         "dianabot_telegram_requests_total",
     } <= names
@@ -70,5 +70,11 @@ def test_every_queried_metric_is_exposed_by_the_service(source: str, expressions
 
 def test_a_misspelt_metric_would_be_caught() -> None:
     exposed = exposed_names()
-    for typo in ("rate(dianabot_events[5m])", "dianabot_handler_seconds", "dianabot_consumer_lag_total"):
+    typos = (
+        "rate(dianabot_events[5m])",
+        "dianabot_handler_seconds",
+        "dianabot_consumer_lag_total",
+        "dianabot_consumer_lag",  # the name before it carried its unit
+    )
+    for typo in typos:
         assert metric_names(typo) - exposed, typo
