@@ -2,7 +2,8 @@
 
 Names follow Prometheus' conventions: a counter ends in ``_total``; any other metric ends in its
 unit, a base unit (``_seconds``, ``_bytes``) or, for a count of things, the things counted
-(``dianabot_consumer_lag_records``, ``dianabot_alert_open_incidents``).
+(``dianabot_consumer_lag_records``, ``dianabot_alert_open_incidents``). tests/unit/test_metric_names.py
+fails on a name that does not.
 """
 
 from __future__ import annotations
