@@ -30,8 +30,8 @@ more than they tell:
   included (``python -m bench.faststream_metrics --kafka``), to count what is counted already by
   purpose (``dianabot_outbox_published_total``, ``dianabot_events_total`` retried and
   dead-lettered, ``dianabot_scheduler_ticks_total``) and, on the reading side, by topic for every
-  topic the service reads (all but ``dianabot.economy`` and ``dianabot.jobs``, which bot services
-  read, and the dead letters). Their duration would mislead besides: the relay and the scheduler
+  topic the service reads (all but ``dianabot.economy``, ``dianabot.jobs`` and the dead letters,
+  which it only writes). Their duration would mislead besides: the relay and the scheduler
   publish with ``no_confirm``, so it would time the hand-over to the producer's buffer.
 """
 

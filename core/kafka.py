@@ -39,7 +39,7 @@ def _security(settings: KafkaSettings) -> BaseSecurity | None:
 def create_broker(settings: KafkaSettings, *, middlewares: Sequence[Any] = (), **options: Any) -> KafkaBroker:
     """A broker whose producer is idempotent with acks=all: a publish is durable or it fails.
 
-    Every broker also counts what it reads and publishes on the process's /metrics (FastStream's
+    Every broker also counts what its subscribers read on the process's /metrics (FastStream's
     Prometheus middleware, innermost: ``core.faststream_metrics``).
     """
     return KafkaBroker(
