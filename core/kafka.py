@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
+from core.faststream_metrics import FASTSTREAM_METRICS
 from core.settings import KafkaSettings
 
 
@@ -34,8 +36,12 @@ def _security(settings: KafkaSettings) -> BaseSecurity | None:
     return None
 
 
-def create_broker(settings: KafkaSettings, **options: Any) -> KafkaBroker:
-    """A broker whose producer is idempotent with acks=all: a publish is durable or it fails."""
+def create_broker(settings: KafkaSettings, *, middlewares: Sequence[Any] = (), **options: Any) -> KafkaBroker:
+    """A broker whose producer is idempotent with acks=all: a publish is durable or it fails.
+
+    Every broker also counts what its subscribers read on the process's /metrics (FastStream's
+    Prometheus middleware, innermost: ``core.faststream_metrics``).
+    """
     return KafkaBroker(
         settings.bootstrap_servers,
         client_id=settings.client_id,
@@ -44,6 +50,7 @@ def create_broker(settings: KafkaSettings, **options: Any) -> KafkaBroker:
         acks="all",
         request_timeout_ms=int(settings.connect_timeout_s * 1000),
         max_request_size=settings.max_record_bytes,
+        middlewares=(*middlewares, FASTSTREAM_METRICS.middleware),
         **options,
     )
 

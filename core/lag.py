@@ -8,7 +8,7 @@ the pipeline's consumers start at the earliest record; so a stuck consumer that 
 still shows its backlog. Partitions of deleted topics are left out.
 
 aiokafka 0.14's admin client has no ListOffsets call, so log offsets come from a group-less
-consumer. ``update_metrics=True`` also sets the ``dianabot_consumer_lag`` gauge per group and topic.
+consumer. ``update_metrics=True`` also sets the ``dianabot_consumer_lag_records`` gauge per group and topic.
 """
 
 from __future__ import annotations

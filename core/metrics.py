@@ -1,4 +1,10 @@
-"""Prometheus metrics of the pipeline, the scheduler and the sender (one registry per process)."""
+"""Prometheus metrics of the pipeline, the scheduler and the sender (one registry per process).
+
+Names follow Prometheus' conventions: a counter ends in ``_total``; any other metric ends in its
+unit, a base unit (``_seconds``, ``_bytes``) or, for a count of things, the things counted
+(``dianabot_consumer_lag_records``, ``dianabot_alert_open_incidents``). tests/unit/test_metric_names.py
+fails on a name that does not.
+"""
 
 from __future__ import annotations
 
@@ -39,9 +45,9 @@ OUTBOX_PARKED = Counter(
     "Outbox rows Kafka can never take (e.g. over the size limit), parked with their reason.",
 )
 OUTBOX_PUBLISHED = Counter("dianabot_outbox_published_total", "Outbox rows published by the relay.")
-LAG = Gauge("dianabot_consumer_lag", "Records behind the end of the topic.", ["group", "topic"])
+LAG = Gauge("dianabot_consumer_lag_records", "Records behind the end of the topic.", ["group", "topic"])
 OPEN_INCIDENTS = Gauge(
-    "dianabot_alert_incidents_open", "Open alert incidents, as the last heartbeat in this process saw them."
+    "dianabot_alert_open_incidents", "Open alert incidents, as the last heartbeat in this process saw them."
 )
 LAST_HEARTBEAT = Gauge(
     "dianabot_monitoring_heartbeat_timestamp_seconds",

@@ -136,7 +136,7 @@ async def test_metrics_show_events_handled_by_the_pipeline_and_consumer_lag(
 
     assert status == 200
     assert f'dianabot_events_total{{handler="{name}",outcome="handled"}} 1.0' in text
-    assert f'dianabot_consumer_lag{{group="{name}",' in text
+    assert f'dianabot_consumer_lag_records{{group="{name}",' in text
 
 
 async def test_port_zero_turns_the_server_off_and_a_busy_port_is_one_clear_error() -> None:

@@ -54,7 +54,8 @@ async def test_a_group_that_read_none_of_n_records_lags_n_and_sets_the_gauge(
 
     assert lags == [GroupLag(group, topic, 0, 0, 4, 4), GroupLag(group, topic, 1, 0, 3, 3)]
     assert sum(lag.lag for lag in lags) == RECORDS
-    assert REGISTRY.get_sample_value("dianabot_consumer_lag", {"group": group, "topic": topic}) == RECORDS
+    labels = {"group": group, "topic": topic}
+    assert REGISTRY.get_sample_value("dianabot_consumer_lag_records", labels) == RECORDS
 
 
 async def test_a_live_member_that_never_committed_lags_from_the_log_start(
