@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain
@@ -332,7 +332,25 @@ async def _long_poll(subscriber: Any, consumer: AIOKafkaConsumer) -> tuple[Recor
     batches = await consumer.getmany(
         timeout_ms=subscriber.batch_timeout_ms, max_records=subscriber.max_records
     )
+    _served_last(consumer, batches)
     return tuple(chain.from_iterable(batches.values()))
+
+
+def _served_last(consumer: AIOKafkaConsumer, served: Iterable[TopicPartition]) -> None:
+    """Let the partitions of a backlog take turns, a batch each.
+
+    aiokafka hands out one partition's buffered fetch (up to 1 MB of records) until it is empty
+    before it looks at the next. On a slow lane (notifications: 25 records a batch, seconds each)
+    one partition's backlog kept every other partition waiting for minutes in `make chaos`. The
+    partitions just served go behind the others in the fetcher's queue (aiokafka < 0.15 keeps it
+    in an OrderedDict; without it, nothing changes).
+    """
+    buffered = getattr(getattr(consumer, "_fetcher", None), "_records", None)
+    if not isinstance(buffered, OrderedDict):
+        return
+    for partition in served:
+        if partition in buffered:
+            buffered.move_to_end(partition)
 
 
 def document_topics(router: KafkaRouter, topics: Iterable[TopicSpec] = TOPICS) -> None:

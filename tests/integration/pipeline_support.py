@@ -108,13 +108,15 @@ class RawProducer:
             topic, envelope.to_body(), key=envelope.key.encode(), headers=headers
         )
 
-    async def send_events(self, topic: str, envelopes: Sequence[EventEnvelope]) -> None:
+    async def send_events(
+        self, topic: str, envelopes: Sequence[EventEnvelope], partition: int | None = None
+    ) -> None:
         futures = []
         for envelope in envelopes:
             headers = [(k, v.encode()) for k, v in envelope.to_headers().items()]
             futures.append(
                 await self._producer.send(
-                    topic, envelope.to_body(), key=envelope.key.encode(), headers=headers
+                    topic, envelope.to_body(), key=envelope.key.encode(), headers=headers, partition=partition
                 )
             )
         for future in futures:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -307,3 +307,29 @@ async def test_a_batch_handled_one_by_one_after_a_failure_commits_its_offsets_as
 
     effects = await effects_of(session_factory, spec.name)
     assert sorted(str(e.event_id) for e in effects) == sorted(str(e.event_id) for e in events[1:])
+
+
+async def test_the_partitions_of_a_backlog_take_turns(
+    kafka: Settings, session_factory: async_sessionmaker[AsyncSession], admin: AIOKafkaAdminClient
+) -> None:
+    """aiokafka hands out one partition's fetched records (up to 1 MB) before the next partition's:
+    on a slow lane one partition's backlog kept the others waiting for minutes (`make chaos`,
+    notifications). Batches now take turns between the partitions that have records."""
+    topic = unique_topic(partitions=3)
+    await admin.create_topics([NewTopic(topic.name, num_partitions=3, replication_factor=1)])
+    group = HandlerGroup(f"t{uuid.uuid4().hex[:8]}")
+
+    @group.handler(UserActivity, action="record", topics=(topic,), batch_size=10)
+    async def record(event: UserActivity, ctx: HandlerContext) -> None:
+        await record_effect(ctx, group.specs[0].name, str(event.user_id // 1000), 0)
+
+    async with RawProducer(kafka) as producer:  # all there before the consumer starts
+        for partition in range(3):
+            events = [_activity(partition * 1000 + i) for i in range(150)]
+            await producer.send_events(topic.name, events, partition=partition)
+    async with running_consumers(kafka, [group]):
+        await _wait_for_effects(session_factory, group.specs[0].name, 450, within=60)
+
+    effects = await effects_of(session_factory, group.specs[0].name)
+    first_batches = {e.key for e in effects[:30]}
+    assert first_batches == {"0", "1", "2"}, [e.key for e in effects[:30]]
