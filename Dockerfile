@@ -1,6 +1,6 @@
 # One image for every process of the project in docker-compose.yml: the consumers (the default
 # command), the scheduler replicas, the migrations and the Bot API double; the same code `make run`
-# starts. It runs as an unprivileged user, and its HEALTHCHECK asks /readyz (core/probe.py).
+# starts. It runs as an unprivileged user, and its HEALTHCHECK asks /readyz (dianabot_core/probe.py).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -32,5 +32,5 @@ USER 10001:10001
 EXPOSE 9464 9465 8081
 # The consumers' readiness (database and Kafka); docker-compose.yml sets each service's own probe.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "core.probe", "http://127.0.0.1:9464/readyz"]
+    CMD ["python", "-m", "dianabot_core.probe", "http://127.0.0.1:9464/readyz"]
 CMD ["faststream", "run", "consumers.app:app"]

@@ -2,7 +2,7 @@
 
 contracts  <-  core  <-  schedulers  <-  dianabot_cli (the operator's console command)
                      <-  consumers   <-
-(``contracts`` is what bot services install: it imports nothing of the project.)
+(``dianabot_contracts`` is what bot services install: it imports nothing of the project.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = {"contracts", "core", "consumers", "schedulers", "dianabot_cli", "bench", "devstack", "tests"}
+PROJECT = {
+    "dianabot_contracts",
+    "dianabot_core",
+    "consumers",
+    "schedulers",
+    "dianabot_cli",
+    "bench",
+    "devstack",
+    "tests",
+}
 
 
 def _imports(package: str) -> dict[str, set[str]]:
@@ -34,11 +43,11 @@ def _imports(package: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize(
     ("package", "allowed"),
     [
-        ("contracts", {"contracts"}),
-        ("core", {"contracts", "core"}),
-        ("schedulers", {"contracts", "core", "schedulers"}),
-        ("consumers", {"contracts", "core", "consumers"}),
-        ("dianabot_cli", {"contracts", "core", "schedulers", "consumers", "dianabot_cli"}),
+        ("dianabot_contracts", {"dianabot_contracts"}),
+        ("dianabot_core", {"dianabot_contracts", "dianabot_core"}),
+        ("schedulers", {"dianabot_contracts", "dianabot_core", "schedulers"}),
+        ("consumers", {"dianabot_contracts", "dianabot_core", "consumers"}),
+        ("dianabot_cli", {"dianabot_contracts", "dianabot_core", "schedulers", "consumers", "dianabot_cli"}),
     ],
 )
 def test_a_package_imports_only_what_lies_below_it(package: str, allowed: set[str]) -> None:
@@ -67,7 +76,9 @@ def _telegram_reach(path: Path) -> set[str]:
             parts = module.split(".")
             if parts[0] == "aiogram":
                 reached.add("aiogram")
-            elif parts[:2] == ["core", "telegram"] and len(parts) > 2 and parts[2] in TELEGRAM_PRIVATE:
+            elif (
+                parts[:2] == ["dianabot_core", "telegram"] and len(parts) > 2 and parts[2] in TELEGRAM_PRIVATE
+            ):
                 reached.add(module)
     return reached
 
