@@ -58,13 +58,14 @@ DISTRIBUTION = "dianabot-jobs"
 ASYNCAPI_TITLE = "DianaBot jobs"
 ASYNCAPI_DESCRIPTION = (
     "The background-job service of DianaBot. Domain events travel on the Kafka topics of the "
-    "registry (contracts/dianabot_contracts/topics.py); each record's value is one event envelope (JSON: event_id, "
-    "event_type, schema_version, occurred_at, producer, correlation and causation ids, key, payload), "
-    "its key the aggregate id, and event_id and event_type are also headers. Bot services publish "
-    "(directly or through the transactional outbox), the scheduler publishes scheduler.tick, and "
-    "handlers publish the events they cause. Every handler reads its topics as its own consumer "
-    "group, idempotently by event id; transient failures go to retry topics read by one shared "
-    "retry group per source topic, and exhausted or permanent failures to dianabot.dead_letters."
+    "registry (contracts/dianabot_contracts/topics.py); each record's value is one event envelope "
+    "(JSON: event_id, event_type, schema_version, occurred_at, producer, correlation and causation "
+    "ids, key, payload), its key the aggregate id, and event_id and event_type are also headers. "
+    "Bot services publish (directly or through the transactional outbox), the scheduler publishes "
+    "scheduler.tick, and handlers publish the events they cause. Every handler reads its topics as "
+    "its own consumer group, idempotently by event id; transient failures go to retry topics read "
+    "by one shared retry group per source topic, and exhausted or permanent failures to "
+    "dianabot.dead_letters."
 )
 
 

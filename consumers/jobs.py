@@ -143,7 +143,7 @@ class ScheduledJobs:
         batch_size: int = 20,
         topics: tuple[TopicSpec, ...] = (),
     ) -> Callable[[JobFunc], JobFunc]:
-        """Run the decorated function for every tick of ``job`` (a name from ``dianabot_core/schedule/jobs.py``).
+        """Run the decorated function for every tick of ``job`` (named in ``dianabot_core/schedule/jobs.py``).
 
         ``overlap`` defaults to the job table's policy. A run still ``started`` after
         ``timeout_s`` plus the bookkeeping margin is presumed dead and blocks nothing.

@@ -1,4 +1,4 @@
-"""``python -m dianabot_core`` is the operator CLI, ``python -m dianabot_core.cli`` (see dianabot_core/cli/)."""
+"""``python -m dianabot_core`` is the operator CLI, ``python -m dianabot_core.cli`` (see cli/)."""
 
 import sys
 

@@ -1,9 +1,10 @@
-"""The building blocks of the settings tree (``dianabot_core/settings.py``), importable by every section's module.
+"""The building blocks of the settings tree (``dianabot_core/settings.py``), for every section's module.
 
 A section is a frozen pydantic model that forbids unknown keys; the root ``Settings`` nests every
 section under its name, so ``DIANABOT_SENDER__GLOBAL_RATE_PER_S`` is ``settings.sender.global_rate_per_s``.
-Sections live beside the code they configure (``dianabot_core/telegram/settings.py``, ``dianabot_core/schedule/settings.py``,
-...) and import only this module, never the root: the root imports them.
+Sections live beside the code they configure (``dianabot_core/telegram/settings.py``,
+``dianabot_core/schedule/settings.py``, ...) and import only this module, never the root: the root
+imports them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The heartbeat's checks: what is wrong now, as findings with a stable alert key (``dianabot_core/findings.py``).
+"""The heartbeat's checks: what is wrong now, as findings with a stable alert key (``findings.py``).
 
 * ``lag_check``: consumer groups (``dianabot_core/lag.py``) further behind than the threshold; retry groups
   are left out, since their records wait for their due time by design;

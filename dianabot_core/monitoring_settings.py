@@ -1,4 +1,4 @@
-"""The monitoring section of the settings tree, ``DIANABOT_MONITORING__...`` (checks: ``dianabot_core/monitoring``)."""
+"""The monitoring section of the settings tree, ``DIANABOT_MONITORING__...`` (checks: ``monitoring.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pydantic import Field
 
 from dianabot_core.config import Section
 
-# The consumer groups of this service (``dianabot_core.lag.DEFAULT_PREFIX``; not imported: it needs Kafka's client).
+# The consumer groups of this service (``dianabot_core.lag.DEFAULT_PREFIX``; not imported: that needs
+# Kafka's client).
 LAG_GROUP_PREFIX = "dianabot."
 
 

@@ -1,7 +1,7 @@
 """JSON Schemas of the event contracts, for services that do not use these pydantic models.
 
-    python -m dianabot_contracts.schema --out DIR   # one file per event type, envelope.schema.json, index.json
-    python -m dianabot_contracts.schema             # one combined document on stdout
+    python -m dianabot_contracts.schema --out DIR  # a file per event type, envelope.schema.json, index.json
+    python -m dianabot_contracts.schema            # one combined document on stdout
 
 Each event's schema is the envelope with ``event_type`` fixed to that event's name (a ``const``)
 and ``payload`` replaced by the payload model's schema. Schemas describe what consumers accept

@@ -263,7 +263,7 @@ def build_app(jobs: typer.Typer | None = None) -> typer.Typer:
     )
     app.add_typer(dlq.app, name="dlq")
     app.command("lag")(lag_command)
-    if jobs is not None:  # the scheduler's, handed in by dianabot_cli (core may not import it)
+    if jobs is not None:  # the scheduler's, handed in by dianabot_cli (dianabot_core may not import it)
         app.add_typer(jobs, name="jobs")
     app.add_typer(broadcast_app, name="broadcast")
     return app

@@ -1,6 +1,6 @@
 """The domain sections of the settings tree: ``DIANABOT_SUBSCRIPTIONS__``, ``__CONTENT__``, ``__CHANNELS__``
-and ``__GAMIFICATION__``. Read with the root ``Settings`` (``dianabot_core/settings.py``) and handed to the handlers
-of ``consumers/`` in their services.
+and ``__GAMIFICATION__``. Read with the root ``Settings`` (``dianabot_core/settings.py``) and handed to
+the handlers of ``consumers/`` in their services.
 """
 
 from __future__ import annotations

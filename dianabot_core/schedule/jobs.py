@@ -2,8 +2,9 @@
 
 Names follow the seed's ``scheduled_{frequency}_{purpose}``. Cron expressions are local time in
 the bot's timezone (``DIANABOT_TIMEZONE``), 5 fields or 6 with seconds last; see
-``dianabot_core/schedule/cron.py`` for daylight saving. Settings can switch jobs on and off and override
-``cron``, ``misfire_grace_s``, ``catch_up`` and ``catch_up_window_s`` per job (``dianabot_core/schedule/settings.py``).
+``dianabot_core/schedule/cron.py`` for daylight saving. Settings can switch jobs on and off and
+override ``cron``, ``misfire_grace_s``, ``catch_up`` and ``catch_up_window_s`` per job
+(``dianabot_core/schedule/settings.py``).
 
 * ``misfire_grace_s``: a slot the scheduler reaches at most this late is still emitted ``on_time``
   (a leader takeover, a slow wake-up); a later one is *missed* and the catch-up policy decides.

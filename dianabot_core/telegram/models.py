@@ -1,6 +1,7 @@
 """Tables of Telegram delivery: the send ledger, the shared rate limits, chat migrations, broadcasts.
 
-All live on ``dianabot_core.models.Base`` so Alembic sees them (``dianabot_core/models.py`` imports this module).
+All live on ``dianabot_core.models.Base`` so Alembic sees them (``dianabot_core/models.py`` imports
+this module).
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def test_kafka_settings_are_read_without_a_bot_token(monkeypatch: pytest.MonkeyP
 
 
 def test_core_cli_does_not_reach_up_into_the_scheduler_for_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`jobs` belong to the scheduler (`python -m schedulers`, `dianabot jobs`): core's own command
+    """`jobs` belong to the scheduler (`python -m schedulers`, `dianabot jobs`): dianabot_core's own command
     line neither imports it nor loads it at run time."""
     calls: list[list[str]] = []
 
