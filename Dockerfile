@@ -13,14 +13,16 @@ RUN groupadd --system --gid 10001 dianabot \
        --shell /usr/sbin/nologin dianabot
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# The contracts first, their own distribution (the service's pins it); then the service, whose
+# packages are the ones its wheel ships (pyproject.toml): bench/ and devstack/ stay out of the image.
 COPY contracts contracts
-COPY core core
+RUN pip install --no-cache-dir ./contracts
+COPY pyproject.toml README.md ./
+COPY dianabot_core dianabot_core
 COPY consumers consumers
 COPY schedulers schedulers
 COPY dianabot_cli dianabot_cli
-COPY devstack devstack
-COPY bench bench
+COPY dianabot_double dianabot_double
 COPY migrations migrations
 COPY alembic.ini ./
 RUN pip install --no-cache-dir .

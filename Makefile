@@ -14,10 +14,12 @@ TEST_KAFKA_CONTROLLER_PORT ?= 19093
 TEST_KAFKA := KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_CONTROLLER_PORT=$(TEST_KAFKA_CONTROLLER_PORT) \
 	KAFKA_HOME_DIR=$(CURDIR)/.devstack/kafka-test
 
-$(STAMP): pyproject.toml
+# The contracts are a distribution of their own (contracts/, what bot services install): installed
+# first, editable, as the service's distribution pins it.
+$(STAMP): pyproject.toml contracts/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e ./contracts -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,7 +27,7 @@ venv: $(STAMP)
 # The bench extra (Celery, Redis client, psycopg) only for `make bench`, not for run or test.
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q -e ./contracts -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 up:
