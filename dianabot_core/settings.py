@@ -126,7 +126,7 @@ class TelegramSettings(Section):
     bot_token: SecretStr = Field(description="Bot API token from @BotFather.")
     api_base_url: str = Field(
         "https://api.telegram.org",
-        description="Bot API server; point it at the local double (devstack) for tests and demos.",
+        description="Bot API server; point it at the local double (dianabot_double) for tests and demos.",
     )
     admin_chat_id: int = Field(description="Chat that receives alerts.")
     request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Bot API call.")
