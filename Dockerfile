@@ -13,10 +13,14 @@ RUN groupadd --system --gid 10001 dianabot \
        --shell /usr/sbin/nologin dianabot
 
 WORKDIR /app
-# The contracts first, their own distribution (the service's pins it); then the service, whose
-# packages are the ones its wheel ships (pyproject.toml): bench/ and devstack/ stay out of the image.
+# The runtime lock first (exact pins, hashes checked; `make lock` writes it), in a layer of its own that
+# a code change does not rebuild; then the contracts, their own distribution (the service pins it),
+# and the service itself, with no dependencies of their own choosing. The service's packages are the
+# ones its wheel ships (pyproject.toml): bench/ and devstack/ stay out of the image.
+COPY requirements/lock.txt requirements/lock.txt
+RUN pip install --no-cache-dir -r requirements/lock.txt
 COPY contracts contracts
-RUN pip install --no-cache-dir ./contracts
+RUN pip install --no-cache-dir --no-deps ./contracts
 COPY pyproject.toml README.md ./
 COPY dianabot_core dianabot_core
 COPY consumers consumers
@@ -25,7 +29,7 @@ COPY dianabot_cli dianabot_cli
 COPY dianabot_double dianabot_double
 COPY migrations migrations
 COPY alembic.ini ./
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
 
 # Root owns the code and the installed packages; the processes only read them.
 USER 10001:10001

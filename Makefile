@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCAL_ENV := . devstack/local.env &&
 
-.PHONY: venv up down up-test down-test run test lint typecheck unit integration migrate asyncapi promtool bench chaos clean
+.PHONY: venv lock up down up-test down-test run test lint typecheck unit integration migrate asyncapi schemas promtool bench chaos clean
 
 # The suite has a broker of its own (and the database dianabot_test): the topics, groups and events
 # it leaves behind never reach the dev broker, so `make run` after `make test` starts clean.
@@ -14,21 +14,58 @@ TEST_KAFKA_CONTROLLER_PORT ?= 19093
 TEST_KAFKA := KAFKA_PORT=$(TEST_KAFKA_PORT) KAFKA_CONTROLLER_PORT=$(TEST_KAFKA_CONTROLLER_PORT) \
 	KAFKA_HOME_DIR=$(CURDIR)/.devstack/kafka-test
 
-# The contracts are a distribution of their own (contracts/, what bot services install): installed
-# first, editable, as the service's distribution pins it.
-$(STAMP): pyproject.toml contracts/pyproject.toml
+# The lock files (make lock): exact pins with hashes. requirements/lock.txt is the runtime (the
+# image installs it), dev-lock.txt adds the dev extra (make venv, so make test and CI), bench-lock.txt
+# the bench extra too (make bench). Each is resolved under the one before it as constraints, so a
+# package has the same pin in all three.
+LOCK := requirements/lock.txt
+DEV_LOCK := requirements/dev-lock.txt
+BENCH_LOCK := requirements/bench-lock.txt
+
+# The venv gets exactly the dev lock's pins (pip checks the hashes), then the project without
+# dependencies: anything pyproject.toml asks for that the lock lacks fails the unit tests
+# (tests/unit/test_lock.py), not the install. The contracts are a distribution of their own
+# (contracts/, what bot services install; the service pins it), installed from the checkout,
+# editable, beside the service: no lock holds them.
+$(STAMP): pyproject.toml contracts/pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ./contracts -e '.[dev]'
+	$(BIN)/pip install -q -r $(DEV_LOCK)
+	$(BIN)/pip install -q --no-deps -e ./contracts -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 # The bench extra (Celery, Redis client, psycopg) only for `make bench`, not for run or test.
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
-$(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/pip install -q -e ./contracts -e '.[dev,bench]'
+$(BENCH_STAMP): pyproject.toml $(BENCH_LOCK) $(STAMP)
+	$(BIN)/pip install -q -r $(BENCH_LOCK)
 	touch $(BENCH_STAMP)
+
+# uv, not pip-compile, resolves the locks: `uv pip compile` takes the target (CPython 3.11 on x86_64
+# Linux) as options, whatever machine runs it, where pip-compile resolves for the interpreter and
+# platform it runs on; it writes hashes and no index URL, and takes seconds. It lives in a venv of its
+# own under .venv, pinned here, so it is in none of the locks.
+UV_VERSION := 0.13.8
+UV_VENV := $(VENV)/tools/uv-$(UV_VERSION)
+UV := $(UV_VENV)/bin/uv
+# dianabot-contracts comes from contracts/ (pyproject.toml's [tool.uv.sources]): its dependencies are
+# locked, itself is not (it is installed from the checkout).
+UV_COMPILE := $(UV) pip compile pyproject.toml --quiet --no-python-downloads --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --generate-hashes --custom-compile-command 'make lock' \
+	--no-emit-package dianabot-contracts
+
+$(UV):
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install -q uv==$(UV_VERSION)
+
+# Keeps every pin the files have that pyproject.toml still allows; LOCK_ARGS=--upgrade takes the
+# newest allowed versions of everything, LOCK_ARGS='--upgrade-package NAME' of one package.
+lock: $(UV)
+	mkdir -p requirements
+	$(UV_COMPILE) $(LOCK_ARGS) -o $(LOCK)
+	$(UV_COMPILE) $(LOCK_ARGS) --extra dev -c $(LOCK) -o $(DEV_LOCK)
+	$(UV_COMPILE) $(LOCK_ARGS) --extra dev --extra bench -c $(DEV_LOCK) -o $(BENCH_LOCK)
 
 up:
 	devstack/kafka/kafka.sh up
@@ -55,6 +92,13 @@ run: venv up migrate
 # the committed file is stale. Connects to nothing.
 asyncapi: venv
 	$(BIN)/python -m consumers.asyncapi --out docs/asyncapi.yaml
+
+# docs/schemas from the contracts (contracts/baselines.py): each event's JSON Schema, the envelope's,
+# index.json, and each payload's baseline per schema_version (docs/README.md: evolving a contract).
+# Refuses, exit 1, a change that breaks producers of a published version; tests/unit/test_contracts.py
+# fails on that and when the committed files are stale. Connects to nothing.
+schemas: venv
+	$(BIN)/python -m contracts.baselines --out docs/schemas
 
 lint: venv
 	$(BIN)/ruff check .

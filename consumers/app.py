@@ -147,6 +147,7 @@ def build_consumers(
         deps,
         session_timeout_ms=settings.kafka.session_timeout_ms,
         heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
+        group_instance_id=settings.kafka.group_instance_id,
     )
     names = [spec.name for spec in specs]
     document_topics(router)

@@ -79,6 +79,15 @@ class KafkaSettings(Section):
         description="How soon the group notices a dead consumer and hands its partitions on.",
     )
     heartbeat_interval_ms: int = Field(3_000, ge=100, description="Consumer heartbeat period.")
+    group_instance_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        description="Static group membership: a stable name for this consumers process, unique among "
+        "live ones (a StatefulSet pod name, `consumers-1`). Restarted under the same name within "
+        "session_timeout_ms, it takes its partitions back with no rebalance of the other processes' "
+        "groups; unset, every restart rebalances every group twice. With it set, a stopped process's "
+        "partitions wait session_timeout_ms before they move (it does not leave its groups).",
+    )
     topic_replication_factor: int = Field(1, ge=1, description="Replication of topics declared at start-up.")
     max_record_bytes: int = Field(
         1_048_576,

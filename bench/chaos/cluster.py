@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLIENT_ID = "dianabot-chaos"
 LOCK_APPLICATION = "dianabot-scheduler-lock"
 PROBE_JOB = "scheduled_secondly_test_probe"
+STATIC_SESSION_TIMEOUT_MS = 30_000
 
 
 @dataclass
@@ -61,6 +62,14 @@ class ServiceConfig:
             # One tick a second: the scheduler's exactly-once per slot is checked across its faults.
             DIANABOT_SCHEDULER__JOBS__SCHEDULED_SECONDLY_TEST_PROBE__ENABLED="true",
         )
+        if role.startswith("consumer"):
+            # Static membership, as a StatefulSet would run it: a killed consumer restarted under its
+            # name takes its partitions back without rebalancing the other process's groups; the
+            # session outlasts a restart (kill, start-up, joining every group) on a loaded machine.
+            env.update(
+                DIANABOT_KAFKA__GROUP_INSTANCE_ID=role,
+                DIANABOT_KAFKA__SESSION_TIMEOUT_MS=str(STATIC_SESSION_TIMEOUT_MS),
+            )
         return env
 
 

@@ -210,6 +210,8 @@ def idle_windows(samples: list[Sample]) -> list[IdleWindow]:
     for sample in samples:
         for key, (committed, end) in sample.positions.items():
             previous = last.get(key)
+            if previous is not None and committed < previous[0]:
+                continue  # a failed read (a Kafka restart lists no offsets), not progress
             if previous is None or committed != previous[0] or end <= committed:
                 if key in open_since:
                     windows.append(IdleWindow(key, open_since.pop(key), sample.t))
@@ -229,7 +231,8 @@ def recovery_s(samples: list[Sample], fault_end: float) -> float | None:
     first = after[0]
     waiting = {k: c for k, (c, e) in first.positions.items() if e > c}
     for sample in after:
-        waiting = {k: c for k, c in waiting.items() if k in sample.positions and sample.positions[k][0] == c}
+        # Moved means committed past where it was: a lower reading is a failed read, not progress.
+        waiting = {k: c for k, c in waiting.items() if k in sample.positions and sample.positions[k][0] <= c}
         if not waiting:
             return round(sample.t - fault_end, 1)
     return None

@@ -37,7 +37,9 @@ class EventEnvelope(BaseModel):
 
     event_id: UUID = Field(description="Chosen by the producer; duplicates carry the same id.")
     event_type: str = Field(description="e.g. subscription.expiring")
-    schema_version: int = Field(1, ge=1)
+    schema_version: int = Field(
+        1, ge=1, description="The payload's version (its model's schema_version); older ones are upcast."
+    )
     occurred_at: AwareDatetime
     producer: str = Field(description="The service that emitted the event.")
     correlation_id: UUID | None = Field(None, description="The id of the first event of this chain.")

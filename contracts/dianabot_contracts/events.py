@@ -1,8 +1,9 @@
 """Payloads of every event the job service consumes or emits, one frozen model per event type.
 
 Bot services build a payload and wrap it: ``EventEnvelope.wrap(SubscriptionStarted(...), producer="bot")``.
-Consumers ignore unknown fields, so producers may add fields without breaking them; removing or
-changing a field needs a new ``schema_version``.
+Consumers ignore unknown fields, so producers may add fields without breaking them; a change that
+breaks producers of a published version (docs/schemas) needs a higher ``schema_version`` and an
+upcaster from the old one, registered here beside the model (docs/README.md, evolving a contract).
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
 """The record boundary: a raw Kafka record becomes a typed event, or a reason it is malformed.
 
 ``decode`` never raises, whatever bytes a producer wrote: every step (headers, UTF-8, JSON,
-envelope, payload, the pipeline's own retry headers) classifies the record as ``Malformed`` with a
-reason naming the failure. Header values may be null (legal in Kafka) or binary; they read as text
-with replacement characters and never fail.
+envelope, schema version, payload, the pipeline's own retry headers) classifies the record as
+``Malformed`` with a reason naming the failure. Header values may be null (legal in Kafka) or
+binary; they read as text with replacement characters and never fail.
 
 Pipeline headers (``x-attempt``, ``x-due-at``, ``x-original-*``) are trusted only on the
 pipeline's retry topics, which only the pipeline writes; on a source topic any producer may have
 forged them, so there a record's attempt is 0 and its origin is its own position.
+
+A payload of an older ``schema_version`` than its model's is brought to the model's shape by the
+registered upcasters (``contracts.upcasters``) before it is validated; a newer version, or an older
+one no chain of upcasters leads from, is malformed (a dead letter, replayable once the code knows it).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Any, TypeAlias
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from dianabot_contracts.envelope import EventEnvelope, EventPayload
-from dianabot_contracts.events import EVENT_TYPES
-from dianabot_core.pipeline.errors import describe
+from contracts.envelope import EventEnvelope, EventPayload
+from contracts.events import EVENT_TYPES
+from contracts.upcasters import UPCASTERS, UpcastError, Upcasters
+from core.pipeline.errors import describe
 
 # Headers the pipeline adds to records it re-publishes to retry topics.
 H_ATTEMPT = "x-attempt"
@@ -79,7 +84,9 @@ class Origin:
 class DecodedEvent:
     record: Record
     envelope: EventEnvelope
+    """As the producer sent it (its ``schema_version`` and ``payload`` may be an older version's)."""
     payload: EventPayload
+    """In the current model's shape."""
     origin: Origin
     attempt: int = 0
     """0 for the first delivery from the source topic, n for the n-th retry."""
@@ -99,7 +106,11 @@ class _Reject(Exception):
 
 
 def decode(
-    record: Record, known: Mapping[str, type[EventPayload]] = EVENT_TYPES, *, stage: int = 0
+    record: Record,
+    known: Mapping[str, type[EventPayload]] = EVENT_TYPES,
+    *,
+    stage: int = 0,
+    upcasters: Upcasters = UPCASTERS,
 ) -> DecodedEvent | Malformed:
     """Decode a record read by pipeline stage `stage` (0: the source topic, n: retry topic n)."""
     try:
@@ -107,7 +118,7 @@ def decode(
     except Exception as error:
         return Malformed(record, f"malformed: {_reason(error)}", Origin.of(record))
     try:
-        envelope, payload = _event(record, known)
+        envelope, payload = _event(record, known, upcasters)
     except Exception as error:  # the boundary never throws: whatever failed is the reason
         return Malformed(record, f"malformed: {_reason(error)}", origin)
     return DecodedEvent(record, envelope, payload, origin, stage, due_at)
@@ -150,7 +161,9 @@ def _parse_int(name: str, raw: str) -> int:
     return int(raw)
 
 
-def _event(record: Record, known: Mapping[str, type[EventPayload]]) -> tuple[EventEnvelope, EventPayload]:
+def _event(
+    record: Record, known: Mapping[str, type[EventPayload]], upcasters: Upcasters
+) -> tuple[EventEnvelope, EventPayload]:
     body = _json_object(record.value)
     try:
         envelope = EventEnvelope.model_validate(body)
@@ -159,8 +172,16 @@ def _event(record: Record, known: Mapping[str, type[EventPayload]]) -> tuple[Eve
     payload_type = known.get(envelope.event_type)
     if payload_type is None:
         raise _Reject(f"unknown event type {envelope.event_type[:100]!r}")
+    fields = envelope.payload
+    if envelope.schema_version != payload_type.schema_version:
+        try:
+            fields = upcasters.upcast(
+                envelope.event_type, fields, envelope.schema_version, payload_type.schema_version
+            )
+        except UpcastError as error:
+            raise _Reject(str(error)) from None
     try:
-        payload = payload_type.model_validate(envelope.payload)
+        payload = payload_type.model_validate(fields)
     except ValidationError as error:
         raise _Reject(f"{envelope.event_type} payload schema violation: {_summarize(error)}") from None
     return envelope, payload

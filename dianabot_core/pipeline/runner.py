@@ -214,17 +214,29 @@ class HandlerRunner:
         that failed is handled again one event at a time. Records arrive grouped by partition in
         offset order, so handling the events in order keeps per-key order."""
         position: dict[int, int] = {}
+        reported = time.perf_counter()
+
+        async def done_through(event: DecodedEvent) -> None:
+            nonlocal position, reported
+            if progress is not None:
+                position = position or {id(record): index for index, record in enumerate(records)}
+                await progress(records[: position[id(event.record)] + 1])
+            reported = time.perf_counter()
+
         start = 0
         while start < len(events):
             rest = events[start:]
             done, together = await self._handle_together(rest, report) if len(rest) > 1 else (1, False)
             if not together:
-                for event in rest[:done]:
+                # One by one, each event commits on its own: tell the consumer every
+                # PROGRESS_EVERY_S, or a batch of slow sends holds its offsets for minutes.
+                for index, event in enumerate(rest[:done], start=start + 1):
                     report.add(await self._handle_alone(event))
+                    if index < len(events) and time.perf_counter() - reported > PROGRESS_EVERY_S:
+                        await done_through(event)
             start += done
-            if progress is not None and start < len(events):
-                position = position or {id(record): index for index, record in enumerate(records)}
-                await progress(records[: position[id(events[start - 1].record)] + 1])
+            if start < len(events):
+                await done_through(events[start - 1])
 
     async def _handle_together(self, events: list[DecodedEvent], report: BatchReport) -> tuple[int, bool]:
         """One transaction over a prefix of `events`: (its length, True) once committed, or (the

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -46,6 +47,8 @@ Lane = Literal["global", "admin"]
 _SLOW_CRITICAL_S = 1.0
 # How many grants between two sweeps of idle per-chat rows.
 _SWEEP_EVERY = 2000
+# The longest lead taken to read 429 pauses before a slot booked ahead.
+_MAX_PAUSE_READ_LEAD_S = 0.5
 
 _RESERVE = text(
     "SELECT granted, delay_s, reason FROM telegram_reserve_slot("
@@ -98,6 +101,15 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class Slot:
+    """A reserved moment to call Telegram (a `time.monotonic()` value) and how far ahead of its
+    reservation it was booked."""
+
+    at: float
+    booked_ahead_s: float
+
+
+@dataclass(frozen=True)
 class Wait:
     """No slot now: ask again in ``delay_s`` seconds."""
 
@@ -126,6 +138,7 @@ class RateGate:
         # 429 pauses this process learnt of, by scope (monotonic deadline): checked without a query
         # right before a call, so a sibling's fresh 429 is honoured even before it reaches the table.
         self._local_pauses: dict[str, float] = {}
+        self._pause_reads: deque[float] = deque(maxlen=32)  # recent latencies of `paused_for`
 
     def scope(self, lane: Lane | int) -> str:
         """``{bot}:global``, ``{bot}:admin`` or ``{bot}:chat:{id}``."""
@@ -139,10 +152,10 @@ class RateGate:
         lane: Lane = "global",
         deadline: float,
         lead_s: float = 0.0,
-    ) -> float:
-        """Return `lead_s` before this send's slot, with the slot's `time.monotonic()` value (see
-        `too_late` and `until`): the caller records its intent in the lead, so that round trip is
-        not counted as lateness.
+    ) -> Slot:
+        """Return `lead_s` before this send's slot, with the slot (see `too_late` and `until`): the
+        caller does its database work (its intent, the pause check) in the lead, so those round
+        trips are not counted as lateness.
 
         Raises TelegramRateLimited if the slot would come after `deadline` (a monotonic value: the
         longest the caller may keep waiting).
@@ -166,24 +179,44 @@ class RateGate:
                 (woke - slot_at) * 1000,
                 extra={"chat_id": chat_id},
             )
-        return slot_at
+        return Slot(slot_at, grant.delay_s)
 
     @staticmethod
-    async def until(slot_at: float) -> None:
+    async def until(slot: Slot) -> None:
         """Sleep out what is left of a lead taken by `wait_for_slot`."""
-        if (early := slot_at - time.monotonic()) > 0:
+        if (early := slot.at - time.monotonic()) > 0:
             await asyncio.sleep(early)
 
-    def too_late(self, slot_at: float) -> bool:
+    def too_late(self, slot: Slot) -> bool:
         """True if a call now would leave more than `late_slot_s` after its slot (a stalled loop).
 
         Checked right before the call: sending that late could bunch up with the next slots, so the
         slot is given up and a new one taken.
         """
-        if time.monotonic() - slot_at <= self._settings.late_slot_s:
+        if time.monotonic() - slot.at <= self._settings.late_slot_s:
             return False
         metrics.LATE_SLOTS.inc()
         return True
+
+    def pause_read_lead_s(self) -> float:
+        """How long before a slot to start `paused_for_slot`: the slowest recent read, bounded."""
+        return min(_MAX_PAUSE_READ_LEAD_S, max(self._pause_reads, default=0.0))
+
+    async def paused_for_slot(self, slot: Slot, chat_id: int | None, lane: Lane = "global") -> float:
+        """Seconds left of a 429 pause covering a call at `slot`.
+
+        A pause pushes its scopes' next free time past its end, so a reservation made after it was
+        recorded is booked after it: a slot booked for about now needs no read. Only a slot booked
+        ahead, which a pause may have overtaken meanwhile, reads the table (in the slot's lead).
+        Reading it after every slot put a round trip between slot and call: on a loaded database
+        most slots came out late and were given up, and a busy process sent a message a second.
+        """
+        if slot.booked_ahead_s <= self._settings.late_slot_s:
+            return self.local_pause_left(chat_id, lane)
+        started = time.monotonic()
+        paused = await self.paused_for(chat_id, lane)
+        self._pause_reads.append(time.monotonic() - started)
+        return paused
 
     async def _reserve(
         self, chat_id: int | None, priority: Priority, lane: Lane, deadline: float, waits: list[str]

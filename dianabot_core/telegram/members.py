@@ -127,8 +127,13 @@ class MemberCalls:
         deadline = time.monotonic() + self.settings.max_wait_in_call_s
         chat = await self.ledger.current_chat_id(chat_id)
         for _ in range(MAX_MIGRATIONS + 1):
-            slot_at = await self.gate.wait_for_slot(None, Priority.CRITICAL, lane="admin", deadline=deadline)
-            if (paused := await self.gate.paused_for(None, "admin")) > 0 or self.gate.too_late(slot_at):
+            slot = await self.gate.wait_for_slot(
+                None, Priority.CRITICAL, lane="admin", deadline=deadline, lead_s=self.gate.pause_read_lead_s()
+            )
+            paused = await self.gate.paused_for_slot(slot, None, "admin")
+            await self.gate.until(slot)
+            paused = max(paused, self.gate.local_pause_left(None, "admin"))
+            if paused > 0 or self.gate.too_late(slot):
                 await asyncio.sleep(paused)
                 continue
             try:

@@ -12,7 +12,7 @@ A send (``send``) is, per part of the message:
    on a migrated group: record the new id and send there; 403 from a user: mark them blocked.
 
 Member calls (ban, unban, invite links, join requests, reading a member) are in
-``dianabot_core.telegram.members``: they skip the ledger and take slots from their own, slower lane.
+``core.telegram.members``: they skip the ledger and take slots from their own, slower lane.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from dianabot_contracts.events import MessageContent, Priority
-from dianabot_core.clock import Clock, SystemClock
-from dianabot_core.settings import DatabaseSettings, Settings
-from dianabot_core.telegram import metrics
-from dianabot_core.telegram.calls import classified, deliver, timed
-from dianabot_core.telegram.content import Part, plan_parts
-from dianabot_core.telegram.errors import (
+from contracts.events import MessageContent, Priority
+from core.clock import Clock, SystemClock
+from core.settings import DatabaseSettings, Settings
+from core.telegram import metrics
+from core.telegram.calls import classified, deliver, timed
+from core.telegram.content import Part, plan_parts
+from core.telegram.errors import (
     ApiFailureKind,
     Failure,
     OutcomeUnknown,
@@ -46,11 +46,11 @@ from dianabot_core.telegram.errors import (
     TelegramRateLimited,
     TelegramTransientError,
 )
-from dianabot_core.telegram.ledger import Attempt, SendIntent, SendLedger, Verdict
-from dianabot_core.telegram.limits import Lane, RateGate
-from dianabot_core.telegram.members import MAX_MIGRATIONS, MemberCalls
-from dianabot_core.telegram.models import SendStatus
-from dianabot_core.telegram.settings import SenderSettings
+from core.telegram.ledger import Attempt, SendIntent, SendLedger, Verdict
+from core.telegram.limits import Lane, RateGate, Slot
+from core.telegram.members import MAX_MIGRATIONS, MemberCalls
+from core.telegram.models import SendStatus
+from core.telegram.settings import SenderSettings
 
 logger = logging.getLogger("dianabot.telegram")
 
@@ -201,14 +201,18 @@ class TelegramSender(MemberCalls):
         migrations = 0
         attempt: Attempt | None = None  # an intent kept across a lost slot
         while True:
-            slot_at, attempt = await self._slot_and_intent(request, part, key, chat_id, deadline, attempt)
-            if await self._paused(attempt, chat_id):
+            slot, attempt, paused = await self._slot_and_intent(
+                request, part, key, chat_id, deadline, attempt
+            )
+            # The local check last, with no await between it and the call: a 429 this process
+            # received while the database was being read is known here only.
+            if paused or self.gate.local_pause_left(chat_id) > 0:
                 # A 429 arrived since the slot was reserved: nothing was called; take a new slot.
                 await self._finish(attempt, SendStatus.RETRY, error="slot lost to a 429 pause")
                 await self.gate.release_chat(chat_id)
                 attempt = None
                 continue
-            if self.gate.too_late(slot_at):
+            if self.gate.too_late(slot):
                 # A stalled loop: calling now could bunch up with the next slots. Nothing was called;
                 # the intent stays, so the next slot is not also spent waiting for its commit.
                 await self.gate.release_chat(chat_id)
@@ -235,37 +239,36 @@ class TelegramSender(MemberCalls):
         chat_id: int,
         deadline: float,
         attempt: Attempt | None,
-    ) -> tuple[float, Attempt]:
-        """Wait for a slot, recording the intent in its lead (unless one is kept); return at the slot.
+    ) -> tuple[Slot, Attempt, bool]:
+        """Wait for a slot, recording the intent (unless one is kept) or reading the 429 pauses in
+        its lead; return at the slot, with whether a pause recorded in the database covers it.
 
         A kept intent is finished as ``retry`` if the wait fails or is cancelled: nothing was called.
         """
         try:
-            lead_s = 0.0 if attempt is not None else self._intent_lead.seconds()
-            slot_at = await self.gate.wait_for_slot(
-                chat_id, request.priority, deadline=deadline, lead_s=lead_s
-            )
             if attempt is None:
+                slot = await self.gate.wait_for_slot(
+                    chat_id, request.priority, deadline=deadline, lead_s=self._intent_lead.seconds()
+                )
                 started = time.monotonic()
                 attempt = await self._start_attempt(self._intent(request, part, key, chat_id), request)
                 self._intent_lead.observe(time.monotonic() - started)
                 if attempt is None:
                     raise SendInFlight(f"another attempt of send {key} started first")
-            await self.gate.until(slot_at)
+                paused = attempt.paused_s > 0  # read in the intent's own statement
+            else:
+                # A kept intent (its slot was lost): the pause check is the only round trip left,
+                # and it is taken before the slot, so the call is on time on a loaded machine too.
+                slot = await self.gate.wait_for_slot(
+                    chat_id, request.priority, deadline=deadline, lead_s=self.gate.pause_read_lead_s()
+                )
+                paused = await self.gate.paused_for_slot(slot, chat_id) > 0
+            await self.gate.until(slot)
         except BaseException:
             if attempt is not None:
                 await self._finish(attempt, SendStatus.RETRY, error="no slot: nothing was called")
             raise
-        return slot_at, attempt
-
-    async def _paused(self, attempt: Attempt, chat_id: int) -> bool:
-        """A 429 pause covers this send: read with the intent, or announced since (by this process
-        or another; the intent may be a lead or a lost slot old)."""
-        if attempt.paused_s > 0 or await self.gate.paused_for(chat_id) > 0:
-            return True
-        # Last, and with no await between it and the call: a 429 this process received while the
-        # database was being read is known here only.
-        return self.gate.local_pause_left(chat_id) > 0
+        return slot, attempt, paused
 
     @staticmethod
     def _intent(request: SendRequest, part: Part, key: str, chat_id: int) -> SendIntent:

@@ -7,20 +7,21 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dianabot_contracts.envelope import EventEnvelope
-from dianabot_contracts.events import UserActivity
-from dianabot_core.models import ProcessedEvent
-from dianabot_core.pipeline import runner
-from dianabot_core.pipeline.errors import PermanentError, TransientError
-from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
-from dianabot_core.settings import Settings
+from contracts.envelope import EventEnvelope
+from contracts.events import UserActivity
+from core.models import ProcessedEvent
+from core.pipeline import runner
+from core.pipeline.errors import PermanentError, TransientError
+from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
+from core.settings import Settings
 from tests.integration.pipeline_support import (
     RawProducer,
     dead_letters_for,
@@ -263,3 +264,46 @@ async def test_a_batch_of_slow_events_commits_its_effects_and_offsets_as_it_goes
 
     effects = await effects_of(session_factory, spec.name)
     assert sorted(str(e.event_id) for e in effects) == sorted(str(e.event_id) for e in events)
+
+
+async def test_a_batch_handled_one_by_one_after_a_failure_commits_its_offsets_as_it_goes(
+    kafka: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    admin: AIOKafkaAdminClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One bad event sends a batch handler's whole batch through the one-by-one fallback, where
+    each event commits alone (notifications: a send each). That fallback used to commit the
+    group's offsets only at its end: under repeated rebalances a batch of slow sends never got
+    there and its partition made no progress for minutes (`make chaos`)."""
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.5)
+    topic = unique_topic(partitions=1)
+    group = HandlerGroup(f"t{uuid.uuid4().hex[:8]}")
+    bad_user = 300
+
+    @group.batch_handler(UserActivity, action="slow", topics=(topic,), batch_size=100)
+    async def slow(deliveries: Sequence[Delivery[UserActivity]], ctx: BatchContext) -> None:
+        for delivery in deliveries:
+            if delivery.payload.user_id == bad_user:
+                raise PermanentError(f"user {bad_user} not found")
+        for delivery in deliveries:
+            await asyncio.sleep(0.1)
+            await ctx.session.execute(
+                text("INSERT INTO testing.effects (handler, event_id, key, seq) VALUES (:h, :e, :k, 0)"),
+                {"h": group.specs[0].name, "e": delivery.envelope.event_id, "k": delivery.envelope.key},
+            )
+
+    spec = group.specs[0]
+    events = [_activity(bad_user + i) for i in range(60)]
+    async with RawProducer(kafka) as producer:
+        await producer.send_events(topic.name, events)  # all there before the consumer starts: one batch
+    async with running_consumers(kafka, [group]):
+        await _wait_for_effects(session_factory, spec.name, 15, within=30)
+        offsets = await admin.list_consumer_group_offsets(spec.group_for(topic))
+        committed = sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
+        in_flight = await _effect_count(session_factory, spec.name)
+        assert 0 < committed <= in_flight + 1 < len(events)  # + 1: the dead-lettered one
+        await _wait_for_effects(session_factory, spec.name, len(events) - 1, within=30)
+
+    effects = await effects_of(session_factory, spec.name)
+    assert sorted(str(e.event_id) for e in effects) == sorted(str(e.event_id) for e in events[1:])

@@ -1,5 +1,4 @@
-"""The contracts as JSON Schema (``python -m dianabot_contracts.schema``) and as AsyncAPI
-(``faststream docs gen``)."""
+"""The contracts as JSON Schema (``python -m contracts.schema``) and as AsyncAPI (``faststream docs gen``)."""
 
 from __future__ import annotations
 
@@ -25,9 +24,9 @@ from consumers import app as consumers_app
 from consumers import asyncapi as asyncapi_document
 from consumers.app import create_app
 from consumers.registry import HANDLER_GROUPS
-from dianabot_contracts import schema
-from dianabot_contracts.envelope import EventEnvelope, EventPayload
-from dianabot_contracts.events import (
+from contracts import baselines, schema
+from contracts.envelope import EventEnvelope, EventPayload
+from contracts.events import (
     EVENT_TYPES,
     AlertRaised,
     AlertResolved,
@@ -58,12 +57,13 @@ from dianabot_contracts.events import (
     UserActivity,
     UserRegistered,
 )
-from dianabot_contracts.topics import DEAD_LETTERS, ROUTES, TOPICS, USERS, topic_for
-from dianabot_core.pipeline.handlers import retry_group
-from dianabot_core.settings import DatabaseSettings, KafkaSettings
+from contracts.topics import DEAD_LETTERS, ROUTES, TOPICS, USERS, topic_for
+from core.pipeline.handlers import retry_group
+from core.settings import DatabaseSettings, KafkaSettings
 from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "docs" / "schemas"
 AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 CONTENT = MessageContent(
     text="hola",
@@ -307,14 +307,28 @@ def test_the_command_writes_the_files_or_prints_one_document(
 
 def test_contracts_import_only_pydantic_and_the_standard_library() -> None:
     code = (
-        "import dianabot_contracts.events, dianabot_contracts.topics, dianabot_contracts.schema; import sys; "
-        "assert not any(m.startswith(('dianabot_core', 'dianabot_cli', 'dianabot_double', 'consumers', "
-        "'schedulers', 'faststream', 'sqlalchemy', 'aiokafka')) for m in sys.modules), sorted(sys.modules)"
+        "import contracts.events, contracts.topics, contracts.schema, contracts.baselines; import sys; "
+        "assert not any(m.startswith(('core', 'consumers', 'faststream', 'sqlalchemy', 'aiokafka')) "
+        "for m in sys.modules), sorted(sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_committed_schemas_are_what_the_code_generates() -> None:
+    if outdated := baselines.stale(SCHEMAS):
+        pytest.fail("docs/schemas is stale, run `make schemas`:\n" + "\n".join(outdated))
+
+
+def test_the_code_still_reads_every_published_payload_version() -> None:
+    """A change that breaks producers of a published version fails here until its schema_version is
+    raised and an upcaster from the old version is registered (docs/README.md, evolving a contract)."""
+    published = baselines.read(SCHEMAS)
+    assert set(published) >= set(EVENT_TYPES)  # each event type has at least its current version's
+    if found := baselines.problems(published):
+        pytest.fail("\n".join(found))
 
 
 # --- AsyncAPI ------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_the_installed_dev_tools_satisfy_the_pins(requirement: Requirement) -> N
     try:
         installed = version(requirement.name)
     except PackageNotFoundError:
-        pytest.fail(f"{requirement.name} is not installed: run `make venv` (pip install -e '.[dev]')")
+        pytest.fail(f"{requirement.name} is not installed: run `make venv` (the dev lock)")
     assert requirement.specifier.contains(installed, prereleases=True), (
         f"{requirement.name} {installed} is outside {requirement.specifier}: reinstall with `make venv`, "
         "or move the pin on purpose"
