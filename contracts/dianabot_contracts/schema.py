@@ -3,7 +3,7 @@
     python -m dianabot_contracts.schema --out DIR  # a file per event type, envelope.schema.json, index.json
     python -m dianabot_contracts.schema            # one combined document on stdout
 
-``make schemas`` (``contracts.baselines``) commits these files to docs/schemas with each payload's
+``make schemas`` (``dianabot_contracts.baselines``) commits these files to docs/schemas with each payload's
 baseline per ``schema_version``.
 
 Each event's schema is the envelope with ``event_type`` fixed to that event's name (a ``const``)

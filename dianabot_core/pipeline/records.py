@@ -10,7 +10,7 @@ pipeline's retry topics, which only the pipeline writes; on a source topic any p
 forged them, so there a record's attempt is 0 and its origin is its own position.
 
 A payload of an older ``schema_version`` than its model's is brought to the model's shape by the
-registered upcasters (``contracts.upcasters``) before it is validated; a newer version, or an older
+registered upcasters (``dianabot_contracts.upcasters``) before it is validated; a newer version, or an older
 one no chain of upcasters leads from, is malformed (a dead letter, replayable once the code knows it).
 """
 
@@ -26,10 +26,10 @@ from typing import Any, TypeAlias
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import EVENT_TYPES
-from contracts.upcasters import UPCASTERS, UpcastError, Upcasters
-from core.pipeline.errors import describe
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import EVENT_TYPES
+from dianabot_contracts.upcasters import UPCASTERS, UpcastError, Upcasters
+from dianabot_core.pipeline.errors import describe
 
 # Headers the pipeline adds to records it re-publishes to retry topics.
 H_ATTEMPT = "x-attempt"

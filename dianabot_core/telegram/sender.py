@@ -12,7 +12,7 @@ A send (``send``) is, per part of the message:
    on a migrated group: record the new id and send there; 403 from a user: mark them blocked.
 
 Member calls (ban, unban, invite links, join requests, reading a member) are in
-``core.telegram.members``: they skip the ledger and take slots from their own, slower lane.
+``dianabot_core.telegram.members``: they skip the ledger and take slots from their own, slower lane.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from contracts.events import MessageContent, Priority
-from core.clock import Clock, SystemClock
-from core.settings import DatabaseSettings, Settings
-from core.telegram import metrics
-from core.telegram.calls import classified, deliver, timed
-from core.telegram.content import Part, plan_parts
-from core.telegram.errors import (
+from dianabot_contracts.events import MessageContent, Priority
+from dianabot_core.clock import Clock, SystemClock
+from dianabot_core.settings import DatabaseSettings, Settings
+from dianabot_core.telegram import metrics
+from dianabot_core.telegram.calls import classified, deliver, timed
+from dianabot_core.telegram.content import Part, plan_parts
+from dianabot_core.telegram.errors import (
     ApiFailureKind,
     Failure,
     OutcomeUnknown,
@@ -46,11 +46,11 @@ from core.telegram.errors import (
     TelegramRateLimited,
     TelegramTransientError,
 )
-from core.telegram.ledger import Attempt, SendIntent, SendLedger, Verdict
-from core.telegram.limits import Lane, RateGate, Slot
-from core.telegram.members import MAX_MIGRATIONS, MemberCalls
-from core.telegram.models import SendStatus
-from core.telegram.settings import SenderSettings
+from dianabot_core.telegram.ledger import Attempt, SendIntent, SendLedger, Verdict
+from dianabot_core.telegram.limits import Lane, RateGate, Slot
+from dianabot_core.telegram.members import MAX_MIGRATIONS, MemberCalls
+from dianabot_core.telegram.models import SendStatus
+from dianabot_core.telegram.settings import SenderSettings
 
 logger = logging.getLogger("dianabot.telegram")
 

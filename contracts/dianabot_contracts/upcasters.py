@@ -1,6 +1,6 @@
 """Upcasters: functions that bring a payload written under an older ``schema_version`` to the next one.
 
-When a payload changes in a way that breaks its producers (see ``contracts.compat``), its model's
+When a payload changes in a way that breaks its producers (see ``dianabot_contracts.compat``), its model's
 ``schema_version`` is raised and one upcaster per step is registered beside the model:
 
     @UPCASTERS.register("user.registered", from_version=1)
@@ -8,7 +8,7 @@ When a payload changes in a way that breaks its producers (see ``contracts.compa
         first, _, last = payload.pop("name").partition(" ")
         return {**payload, "first_name": first, "last_name": last}
 
-Consumers (``core.pipeline.records.decode``) chain the steps from the record's version to the
+Consumers (``dianabot_core.pipeline.records.decode``) chain the steps from the record's version to the
 model's, then validate the result into the current model. Standard library only.
 """
 
@@ -81,4 +81,4 @@ class Upcasters:
 
 
 UPCASTERS = Upcasters()
-"""The upcasters of the contracts in ``contracts.events`` (registered there, beside the models)."""
+"""The upcasters of the contracts in ``dianabot_contracts.events`` (registered there, beside the models)."""

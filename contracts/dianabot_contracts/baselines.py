@@ -1,14 +1,14 @@
 """The published payload shapes, one per event type and ``schema_version``, and the check against them.
 
-    python -m contracts.baselines --out docs/schemas           # `make schemas`
-    python -m contracts.baselines --out docs/schemas --check   # exit 1 when stale or incompatible
+    python -m dianabot_contracts.baselines --out docs/schemas           # `make schemas`
+    python -m dianabot_contracts.baselines --out docs/schemas --check   # exit 1 when stale or incompatible
 
-``--out`` gets what ``python -m contracts.schema --out`` writes (each event's schema, the
+``--out`` gets what ``python -m dianabot_contracts.schema --out`` writes (each event's schema, the
 envelope's, ``index.json``) and, per event type, ``<event_type>/v<N>.json``: the payload's JSON
 Schema as version N was last published. The current version's file follows the code as long as
-the change is compatible (``contracts.compat``); a change that breaks producers of it is refused.
+the change is compatible (``dianabot_contracts.compat``); a change that breaks producers of it is refused.
 Older versions' files are never rewritten: producers of them may still be running, and each needs
-a chain of upcasters (``contracts.upcasters``) to the current version. Pure pydantic.
+a chain of upcasters (``dianabot_contracts.upcasters``) to the current version. Pure pydantic.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from contracts.compat import breaking_changes
-from contracts.envelope import EventPayload
-from contracts.events import ALL_EVENTS
-from contracts.schema import JSON_SCHEMA_DIALECT, build_files, dumps
-from contracts.upcasters import UPCASTERS, Upcasters
+from dianabot_contracts.compat import breaking_changes
+from dianabot_contracts.envelope import EventPayload
+from dianabot_contracts.events import ALL_EVENTS
+from dianabot_contracts.schema import JSON_SCHEMA_DIALECT, build_files, dumps
+from dianabot_contracts.upcasters import UPCASTERS, Upcasters
 
 Published = Mapping[str, Mapping[int, Mapping[str, Any]]]
 """Event type -> version -> the payload schema published for it."""
@@ -159,7 +159,7 @@ def write(out: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m contracts.baselines",
+        prog="python -m dianabot_contracts.baselines",
         description="Write the contracts' JSON Schemas and versioned payload baselines, or check them.",
     )
     parser.add_argument("--out", type=Path, required=True, help="the schemas' directory (docs/schemas)")
