@@ -93,8 +93,9 @@ run: venv up migrate
 asyncapi: venv
 	$(BIN)/python -m consumers.asyncapi --out docs/asyncapi.yaml
 
-# docs/schemas from the contracts (contracts/dianabot_contracts/baselines.py): each event's JSON Schema, the envelope's,
-# index.json, and each payload's baseline per schema_version (docs/README.md: evolving a contract).
+# docs/schemas from the contracts (contracts/dianabot_contracts/baselines.py): each event's JSON
+# Schema, the envelope's, index.json, and each payload's baseline per schema_version (docs/README.md:
+# evolving a contract).
 # Refuses, exit 1, a change that breaks producers of a published version; tests/unit/test_contracts.py
 # fails on that and when the committed files are stale. Connects to nothing.
 schemas: venv

@@ -39,18 +39,11 @@ from dianabot_core import metrics
 from dianabot_core.clock import Clock
 from dianabot_core.logs import bind_log_context
 from dianabot_core.outbox import add_to_outbox
-from dianabot_core.pipeline import ledger
+from dianabot_core.pipeline import ledger, routing
 from dianabot_core.pipeline.dead_letters import DeadLetters
 from dianabot_core.pipeline.errors import FailureKind, InfrastructureError, classify, describe, retry_after_s
 from dianabot_core.pipeline.handlers import PRODUCER, BatchContext, Delivery, HandlerContext, HandlerSpec
 from dianabot_core.pipeline.records import DecodedEvent, Malformed, Origin, Record, decode, headers_text
-from dianabot_core.pipeline.routing import (
-    NEVER_PUBLISHABLE,
-    FailureRouter,
-    due_after,
-    longest_wait_s,
-    retry_plan,
-)
 from dianabot_core.uow import UnitOfWork
 
 logger = logging.getLogger("dianabot.pipeline")
@@ -82,7 +75,7 @@ class PipelineDeps:
     """
 
     session_factory: async_sessionmaker[AsyncSession]
-    router: FailureRouter
+    router: routing.FailureRouter
     clock: Clock
     producer: str = PRODUCER
     services: object = None
@@ -198,9 +191,9 @@ class HandlerRunner:
     def _latest_due(self) -> datetime:
         """No retry of this stage is due later than this, so a forged or skewed due time cannot
         hold the lane longer than the stage's own delay (see ``routing.retry_plan``)."""
-        return due_after(
+        return routing.due_after(
             self.deps.clock.now(),
-            longest_wait_s(self.spec.retry_delays_s, self.stage, self.spec.retry_jitter),
+            routing.longest_wait_s(self.spec.retry_delays_s, self.stage, self.spec.retry_jitter),
         )
 
     async def _handle_in_chunks(
@@ -412,7 +405,9 @@ class HandlerRunner:
         metrics.FAILURES.labels(self.spec.name, type(error).__name__).inc()
         plan = None
         if kind is FailureKind.TRANSIENT:
-            plan = retry_plan(self.spec.retry_delays_s, attempt, self.spec.retry_jitter, retry_after_s(error))
+            plan = routing.retry_plan(
+                self.spec.retry_delays_s, attempt, self.spec.retry_jitter, retry_after_s(error)
+            )
         with bind_log_context(event_id=str(event.envelope.event_id), handler=self.spec.name):
             if plan is not None:
                 stage, delay = plan
@@ -428,7 +423,7 @@ class HandlerRunner:
                     origin=event.origin,
                     topic=self.spec.retry_topic(self.group, stage),
                     attempt=stage,
-                    due_at=due_after(self.deps.clock.now(), delay),
+                    due_at=routing.due_after(self.deps.clock.now(), delay),
                     error=error,
                 )
                 if (unpublishable := await self._publish(retry)) is None:
@@ -473,7 +468,7 @@ class HandlerRunner:
         """None once Kafka acknowledged; the reason when Kafka will never take this record."""
         try:
             await publishing
-        except NEVER_PUBLISHABLE as error:
+        except routing.NEVER_PUBLISHABLE as error:
             return f"{type(error).__name__}: {describe(error, 200)}"
         except Exception as error:
             # Not committing the source offset is what keeps the event: the batch is re-read.

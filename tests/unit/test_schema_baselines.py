@@ -1,4 +1,4 @@
-"""Evolving a contract against its published baselines (``dianabot_contracts.baselines``), on a test-only event.
+"""Evolving a contract against its published baselines (``dianabot_contracts.baselines``), on a test event.
 
 ``test.greeted`` v1 carried one ``name``; the breaking v2 splits it into first and last names. The
 committed docs/schemas and the real contracts are checked in tests/unit/test_contracts.py.

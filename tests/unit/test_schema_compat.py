@@ -1,4 +1,4 @@
-"""The compatibility rules (`dianabot_contracts.compat`) on pairs of JSON Schemas: each kind of break, and widening."""
+"""The compatibility rules (`dianabot_contracts.compat`) on pairs of JSON Schemas: breaks and widening."""
 
 from __future__ import annotations
 
