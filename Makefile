@@ -24,12 +24,14 @@ BENCH_LOCK := requirements/bench-lock.txt
 
 # The venv gets exactly the dev lock's pins (pip checks the hashes), then the project without
 # dependencies: anything pyproject.toml asks for that the lock lacks fails the unit tests
-# (tests/unit/test_lock.py), not the install.
-$(STAMP): pyproject.toml $(DEV_LOCK)
+# (tests/unit/test_lock.py), not the install. The contracts are a distribution of their own
+# (contracts/, what bot services install; the service pins it), installed from the checkout,
+# editable, beside the service: no lock holds them.
+$(STAMP): pyproject.toml contracts/pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r $(DEV_LOCK)
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps -e ./contracts -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -47,8 +49,11 @@ $(BENCH_STAMP): pyproject.toml $(BENCH_LOCK) $(STAMP)
 UV_VERSION := 0.13.8
 UV_VENV := $(VENV)/tools/uv-$(UV_VERSION)
 UV := $(UV_VENV)/bin/uv
+# dianabot-contracts comes from contracts/ (pyproject.toml's [tool.uv.sources]): its dependencies are
+# locked, itself is not (it is installed from the checkout).
 UV_COMPILE := $(UV) pip compile pyproject.toml --quiet --no-python-downloads --python-version 3.11 \
-	--python-platform x86_64-unknown-linux-gnu --generate-hashes --custom-compile-command 'make lock'
+	--python-platform x86_64-unknown-linux-gnu --generate-hashes --custom-compile-command 'make lock' \
+	--no-emit-package dianabot-contracts
 
 $(UV):
 	$(PYTHON) -m venv $(UV_VENV)
@@ -88,12 +93,13 @@ run: venv up migrate
 asyncapi: venv
 	$(BIN)/python -m consumers.asyncapi --out docs/asyncapi.yaml
 
-# docs/schemas from the contracts (contracts/baselines.py): each event's JSON Schema, the envelope's,
-# index.json, and each payload's baseline per schema_version (docs/README.md: evolving a contract).
+# docs/schemas from the contracts (contracts/dianabot_contracts/baselines.py): each event's JSON
+# Schema, the envelope's, index.json, and each payload's baseline per schema_version (docs/README.md:
+# evolving a contract).
 # Refuses, exit 1, a change that breaks producers of a published version; tests/unit/test_contracts.py
 # fails on that and when the committed files are stale. Connects to nothing.
 schemas: venv
-	$(BIN)/python -m contracts.baselines --out docs/schemas
+	$(BIN)/python -m dianabot_contracts.baselines --out docs/schemas
 
 lint: venv
 	$(BIN)/ruff check .

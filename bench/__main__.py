@@ -26,8 +26,8 @@ from typing import Any
 
 from bench import celery_peer, pipeline, scaleout, soak
 from bench.service import run_service_bench
-from core.logs import configure_logging
-from core.settings import load_settings
+from dianabot_core.logs import configure_logging
+from dianabot_core.settings import load_settings
 
 # The per-event handler's throughput before this work (issue figure, same machine): the baseline
 # of "per-event at least 3x faster".

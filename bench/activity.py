@@ -46,11 +46,11 @@ from bench.chaos import database, groups
 from bench.chaos.cluster import REPO
 from bench.chaos.topology import Lane, service_lanes
 from bench.chaos.workload import Fixtures, Record, envelope_record
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from contracts.topics import USERS
-from core.kafka import admin_client
-from core.settings import KafkaSettings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_contracts.topics import USERS
+from dianabot_core.kafka import admin_client
+from dianabot_core.settings import KafkaSettings
 
 PRODUCER = "bench-scale"
 FIRST_USER = 70_000_000

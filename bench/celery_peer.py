@@ -43,8 +43,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench.chaos.database import migrate, recreate
-from core.models import User
-from core.settings import load_settings
+from dianabot_core.models import User
+from dianabot_core.settings import load_settings
 
 REDIS_URL = os.environ.get("DIANABOT_BENCH_REDIS_URL", "redis://127.0.0.1:6399/0")
 # The worker learns its database from the measurement that starts it.

@@ -1,4 +1,5 @@
-"""What FastStream's Prometheus middleware (core/faststream_metrics.py) costs per publish and per batch.
+"""What FastStream's Prometheus middleware (dianabot_core/faststream_metrics.py) costs per publish
+and per batch.
 
 1. ``alone``: the middleware itself, as FastStream runs it (built for the message, entered, its
    publish or consume scope around a call that does nothing), minus the same without it: per
@@ -39,7 +40,7 @@ from faststream.kafka.message import KafkaAckableMessage
 from faststream.kafka.response import KafkaPublishCommand
 from faststream.response import PublishType
 
-from core.faststream_metrics import FASTSTREAM_METRICS
+from dianabot_core.faststream_metrics import FASTSTREAM_METRICS
 
 BODY = b'{"event_id": "00000000-0000-0000-0000-000000000000", "payload": {"user_id": 42}}' * 8
 Work = Callable[[KafkaBroker, int], Awaitable[int]]

@@ -33,16 +33,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import build_consumers
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from contracts.topics import TopicSpec
-from core.db import create_engine, create_session_factory
-from core.kafka import admin_client
-from core.logs import configure_logging
-from core.pipeline import ledger
-from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
-from core.pipeline.records import DecodedEvent, decode
-from core.settings import Settings, load_settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.db import create_engine, create_session_factory
+from dianabot_core.kafka import admin_client
+from dianabot_core.logs import configure_logging
+from dianabot_core.pipeline import ledger
+from dianabot_core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
+from dianabot_core.pipeline.records import DecodedEvent, decode
+from dianabot_core.settings import Settings, load_settings
 
 PARTITIONS = 6
 EFFECTS_DDL = (

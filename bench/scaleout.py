@@ -67,8 +67,8 @@ from bench.activity import (
 from bench.chaos.cluster import CLIENT_ID, Cluster, ServiceConfig
 from bench.chaos.readback import end_offsets, partitions_of
 from bench.chaos.run import prepare_source
-from contracts.topics import USERS
-from core.settings import KafkaSettings
+from dianabot_contracts.topics import USERS
+from dianabot_core.settings import KafkaSettings
 
 logger = logging.getLogger("bench.scaleout")
 

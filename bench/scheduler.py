@@ -28,17 +28,17 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import delete, select
 
-from contracts.events import SchedulerTick
-from core.clock import SystemClock
-from core.jobs import SchedulerJobState
-from core.kafka import admin_client, create_broker
-from core.logs import configure_logging
-from core.models import OutboxEvent
-from core.pipeline.consumer import TopicDeclaration, declare_topics
-from core.publisher import EventPublisher
-from core.runtime import build_resources
-from core.schedule.settings import SchedulerSettings
-from core.settings import Settings, load_settings
+from dianabot_contracts.events import SchedulerTick
+from dianabot_core.clock import SystemClock
+from dianabot_core.jobs import SchedulerJobState
+from dianabot_core.kafka import admin_client, create_broker
+from dianabot_core.logs import configure_logging
+from dianabot_core.models import OutboxEvent
+from dianabot_core.pipeline.consumer import TopicDeclaration, declare_topics
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.runtime import build_resources
+from dianabot_core.schedule.settings import SchedulerSettings
+from dianabot_core.settings import Settings, load_settings
 from schedulers.app import build_service
 from schedulers.state import PRODUCER
 

@@ -54,7 +54,7 @@ from bench.activity import (
 )
 from bench.chaos.cluster import CLIENT_ID, Cluster, ServiceConfig
 from bench.chaos.run import prepare_source
-from core.settings import KafkaSettings
+from dianabot_core.settings import KafkaSettings
 
 logger = logging.getLogger("bench.soak")
 

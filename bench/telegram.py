@@ -47,20 +47,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers import broadcasts, notifications
 from consumers.app import create_app
 from consumers.services import Services
-from contracts.envelope import EventEnvelope
-from contracts.events import BroadcastRequested, MessageContent, NotificationRequested, Priority
-from contracts.topics import TopicSpec
-from core.db import create_engine, create_session_factory
-from core.kafka import admin_client, create_broker
-from core.logs import configure_logging
-from core.models import User
-from core.publisher import EventPublisher
-from core.runtime import settings_or_exit
-from core.settings import Settings, load_settings
-from core.telegram.broadcasts import broadcast_progress
-from core.telegram.sender import TelegramSender
-from core.telegram.settings import SenderSettings
-from devstack.telegram_double import GROUP_LIMIT, PRIVATE_CHAT_LIMIT, RateLimit, TelegramDouble
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import BroadcastRequested, MessageContent, NotificationRequested, Priority
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.db import create_engine, create_session_factory
+from dianabot_core.kafka import admin_client, create_broker
+from dianabot_core.logs import configure_logging
+from dianabot_core.models import User
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.runtime import settings_or_exit
+from dianabot_core.settings import Settings, load_settings
+from dianabot_core.telegram.broadcasts import broadcast_progress
+from dianabot_core.telegram.sender import TelegramSender
+from dianabot_core.telegram.settings import SenderSettings
+from dianabot_double import GROUP_LIMIT, PRIVATE_CHAT_LIMIT, RateLimit, TelegramDouble
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 6

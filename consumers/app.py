@@ -25,22 +25,22 @@ from faststream.specification import AsyncAPI
 from consumers import monitoring
 from consumers.registry import HANDLER_GROUPS
 from consumers.services import Monitoring, Services
-from core.health import HealthServer, HealthServerError, broker_check, database_check
-from core.kafka import admin_client, create_broker
-from core.lag import lag_metrics_updater
-from core.outbox import OutboxRelay
-from core.pipeline.consumer import (
+from dianabot_core.health import HealthServer, HealthServerError, broker_check, database_check
+from dianabot_core.kafka import admin_client, create_broker
+from dianabot_core.lag import lag_metrics_updater
+from dianabot_core.outbox import OutboxRelay
+from dianabot_core.pipeline.consumer import (
     TopicDeclaration,
     declare_topics,
     document_topics,
     subscribe_handlers,
     topic_declarations,
 )
-from core.pipeline.handlers import PRODUCER, HandlerGroup
-from core.pipeline.routing import FailureRouter
-from core.pipeline.runner import PipelineDeps
-from core.publisher import EventPublisher
-from core.runtime import (
+from dianabot_core.pipeline.handlers import PRODUCER, HandlerGroup
+from dianabot_core.pipeline.routing import FailureRouter
+from dianabot_core.pipeline.runner import PipelineDeps
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.runtime import (
     Resources,
     build_resources,
     exit_with_one_line,
@@ -48,9 +48,9 @@ from core.runtime import (
     resources_lifespan,
     settings_or_exit,
 )
-from core.settings import Settings
-from core.telegram.sender import TelegramSender
-from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
+from dianabot_core.settings import Settings
+from dianabot_core.telegram.sender import TelegramSender
+from dianabot_core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 
 logger = logging.getLogger("dianabot.consumers")
 
@@ -58,13 +58,14 @@ DISTRIBUTION = "dianabot-jobs"
 ASYNCAPI_TITLE = "DianaBot jobs"
 ASYNCAPI_DESCRIPTION = (
     "The background-job service of DianaBot. Domain events travel on the Kafka topics of the "
-    "registry (contracts/topics.py); each record's value is one event envelope (JSON: event_id, "
-    "event_type, schema_version, occurred_at, producer, correlation and causation ids, key, payload), "
-    "its key the aggregate id, and event_id and event_type are also headers. Bot services publish "
-    "(directly or through the transactional outbox), the scheduler publishes scheduler.tick, and "
-    "handlers publish the events they cause. Every handler reads its topics as its own consumer "
-    "group, idempotently by event id; transient failures go to retry topics read by one shared "
-    "retry group per source topic, and exhausted or permanent failures to dianabot.dead_letters."
+    "registry (contracts/dianabot_contracts/topics.py); each record's value is one event envelope "
+    "(JSON: event_id, event_type, schema_version, occurred_at, producer, correlation and causation "
+    "ids, key, payload), its key the aggregate id, and event_id and event_type are also headers. "
+    "Bot services publish (directly or through the transactional outbox), the scheduler publishes "
+    "scheduler.tick, and handlers publish the events they cause. Every handler reads its topics as "
+    "its own consumer group, idempotently by event id; transient failures go to retry topics read "
+    "by one shared retry group per source topic, and exhausted or permanent failures to "
+    "dianabot.dead_letters."
 )
 
 

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from consumers.app import create_app
 from consumers.services import Services
-from core.settings import KafkaSettings, Settings, TelegramSettings
+from dianabot_core.settings import KafkaSettings, Settings, TelegramSettings
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.yaml"
 # Maps whose entries are named by topic and group: written in name order.

@@ -14,10 +14,10 @@ import asyncio
 import logging
 
 from consumers.services import Services
-from contracts.events import BroadcastRequested, NotificationRequested, Priority
-from contracts.topics import BROADCASTS, NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.telegram.broadcasts import (
+from dianabot_contracts.events import BroadcastRequested, NotificationRequested, Priority
+from dianabot_contracts.topics import BROADCASTS, NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.telegram.broadcasts import (
     FanOutStep,
     ProgressReporter,
     continuation_event_id,

@@ -1,7 +1,7 @@
 """Channel join requests: recorded from ``channel.join_requested``, approved after a waiting time.
 
 * handler ``record_join_request`` (group ``dianabot.channels.record_join_request``): records the
-  request once (``core/domain/channels.py``); a repeat changes nothing;
+  request once (``dianabot_core/domain/channels.py``); a repeat changes nothing;
 * job ``scheduled_minutely_join_request_approval``: claims the free channels' requests that waited
   ``join_request_wait`` by the tick's slot (``FOR UPDATE SKIP LOCKED``, at most
   ``approvals_per_run``), approves each through the Telegram sender and records the outcome;
@@ -22,18 +22,18 @@ import logging
 
 from consumers.jobs import ScheduledJobs, jobs
 from consumers.services import Services
-from contracts.events import ChannelJoinRequested, SchedulerTick
-from contracts.topics import CHANNELS, TopicSpec
-from core.domain.channels import (
+from dianabot_contracts.events import ChannelJoinRequested, SchedulerTick
+from dianabot_contracts.topics import CHANNELS, TopicSpec
+from dianabot_core.domain.channels import (
     claim_waiting_requests,
     decide,
     purge_join_requests_before,
     record_join_request,
 )
-from core.models import ChannelJoinRequest, JoinRequestStatus
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.telegram.errors import TelegramPermanentError, TelegramTransientError
-from core.telegram.sender import TelegramSender
+from dianabot_core.models import ChannelJoinRequest, JoinRequestStatus
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.telegram.errors import TelegramPermanentError, TelegramTransientError
+from dianabot_core.telegram.sender import TelegramSender
 
 logger = logging.getLogger("dianabot.channels")
 

@@ -35,21 +35,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.jobs import ScheduledJobs, jobs
 from consumers.services import Services
-from contracts.envelope import EventPayload
-from contracts.events import AlertRaised, MessageContent, PostScheduled, SchedulerTick
-from contracts.topics import ALERTS, CONTENT, TopicSpec
-from core.domain.content import (
+from dianabot_contracts.envelope import EventPayload
+from dianabot_contracts.events import AlertRaised, MessageContent, PostScheduled, SchedulerTick
+from dianabot_contracts.topics import ALERTS, CONTENT, TopicSpec
+from dianabot_core.domain.content import (
     claim_due_posts,
     mark_failed,
     mark_published,
     schedule_next_occurrence,
     upsert_scheduled_post,
 )
-from core.domain.settings import ContentSettings
-from core.models import Channel, ChannelPost
-from core.pipeline.errors import PermanentError, TransientError, describe
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.telegram.sender import SendRequest, TelegramSender
+from dianabot_core.domain.settings import ContentSettings
+from dianabot_core.models import Channel, ChannelPost
+from dianabot_core.pipeline.errors import PermanentError, TransientError, describe
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.telegram.sender import SendRequest, TelegramSender
 
 logger = logging.getLogger("dianabot.content")
 

@@ -1,6 +1,6 @@
 """The daily economy check: balances against the sum of their transactions, reported, never fixed.
 
-Job ``scheduled_daily_economy_check`` runs one aggregate query (``core/domain/economy.py``). When any
+Job ``scheduled_daily_economy_check`` runs one aggregate query (``dianabot_core/domain/economy.py``). When any
 balance drifts (differs from its transactions' sum, or is negative) it emits a critical
 ``alert.raised`` (``economy.drift``) for the admin chat and an ``economy.drift_detected`` with the users
 and amounts; a clean economy emits nothing. Balances are never rewritten here: a drift is a bug or a
@@ -13,11 +13,11 @@ import logging
 
 from consumers.jobs import ScheduledJobs, jobs
 from consumers.services import Services
-from contracts.events import AlertRaised, EconomyDriftDetected, SchedulerTick
-from contracts.ids import derived_event_id
-from contracts.topics import TopicSpec
-from core.domain.economy import DriftReport, find_drifts
-from core.pipeline.handlers import HandlerContext
+from dianabot_contracts.events import AlertRaised, EconomyDriftDetected, SchedulerTick
+from dianabot_contracts.ids import derived_event_id
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.domain.economy import DriftReport, find_drifts
+from dianabot_core.pipeline.handlers import HandlerContext
 
 logger = logging.getLogger("dianabot.economy")
 

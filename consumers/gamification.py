@@ -13,7 +13,7 @@ Jobs (scheduler ticks; ``consumers/jobs.py`` records their runs):
 Handlers (consumer groups ``dianabot.gamification.{action}``):
 
 * ``award_mission`` — ``gamification.mission_completed`` pays the mission's besitos once
-  (``core/domain/gamification.py``), then emits ``gamification.besitos_earned`` and a notification;
+  (``dianabot_core/domain/gamification.py``), then emits ``gamification.besitos_earned`` and a notification;
 * ``claim_daily_gift`` — ``gamification.daily_gift_claimed`` pays the base reward (and the bonus of a
   streak milestone) once per 24 h, extending the streak or starting it again after 48 h, then emits
   one ``gamification.besitos_earned`` per payment and a notification.
@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.jobs import ScheduledJobs, jobs
 from consumers.services import Services
-from contracts.events import (
+from dianabot_contracts.events import (
     BesitosEarned,
     DailyGiftClaimed,
     MessageContent,
@@ -46,9 +46,9 @@ from contracts.events import (
     Priority,
     SchedulerTick,
 )
-from contracts.ids import derived_event_id
-from contracts.topics import GAMIFICATION, TopicSpec
-from core.domain.gamification import (
+from dianabot_contracts.ids import derived_event_id
+from dianabot_contracts.topics import GAMIFICATION, TopicSpec
+from dianabot_core.domain.gamification import (
     Assignment,
     Award,
     DailyGift,
@@ -66,10 +66,10 @@ from core.domain.gamification import (
     top_earners,
     week_label,
 )
-from core.models import Channel, ChannelKind, MissionType, User
-from core.outbox import add_to_outbox
-from core.pipeline.errors import PermanentError
-from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
+from dianabot_core.models import Channel, ChannelKind, MissionType, User
+from dianabot_core.outbox import add_to_outbox
+from dianabot_core.pipeline.errors import PermanentError
+from dianabot_core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
 
 logger = logging.getLogger("dianabot.gamification")
 

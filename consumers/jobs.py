@@ -31,12 +31,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.services import Services
-from contracts.events import JobCompleted, JobFailed, SchedulerTick
-from contracts.ids import derived_event_id
-from contracts.topics import TopicSpec
-from core.db import delete_batch
-from core.domain.subscriptions import purge_expired_invite_links_before
-from core.jobs import (
+from dianabot_contracts.events import JobCompleted, JobFailed, SchedulerTick
+from dianabot_contracts.ids import derived_event_id
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.db import delete_batch
+from dianabot_core.domain.subscriptions import purge_expired_invite_links_before
+from dianabot_core.jobs import (
     JobRun,
     Overlap,
     RunKey,
@@ -45,13 +45,13 @@ from core.jobs import (
     finish_run,
     skip_run,
 )
-from core.models import OutboxEvent
-from core.outbox import add_to_outbox
-from core.pipeline import dead_letters, ledger
-from core.pipeline.errors import describe
-from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
-from core.schedule.jobs import JOBS_BY_NAME
-from core.telegram.retention import purge_recipients_before, purge_sends_before
+from dianabot_core.models import OutboxEvent
+from dianabot_core.outbox import add_to_outbox
+from dianabot_core.pipeline import dead_letters, ledger
+from dianabot_core.pipeline.errors import describe
+from dianabot_core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, PRODUCER, HandlerContext, HandlerGroup
+from dianabot_core.schedule.jobs import JOBS_BY_NAME
+from dianabot_core.telegram.retention import purge_recipients_before, purge_sends_before
 
 logger = logging.getLogger("dianabot.jobs")
 
@@ -143,7 +143,7 @@ class ScheduledJobs:
         batch_size: int = 20,
         topics: tuple[TopicSpec, ...] = (),
     ) -> Callable[[JobFunc], JobFunc]:
-        """Run the decorated function for every tick of ``job`` (a name from ``core/schedule/jobs.py``).
+        """Run the decorated function for every tick of ``job`` (named in ``dianabot_core/schedule/jobs.py``).
 
         ``overlap`` defaults to the job table's policy. A run still ``started`` after
         ``timeout_s`` plus the bookkeeping margin is presumed dead and blocks nothing.
@@ -151,7 +151,7 @@ class ScheduledJobs:
         """
         definition = JOBS_BY_NAME.get(job)
         if definition is None:
-            raise ValueError(f"{job!r} is not in the job table (core/schedule/jobs.py)")
+            raise ValueError(f"{job!r} is not in the job table (dianabot_core/schedule/jobs.py)")
         if job in self.registered:
             raise ValueError(f"job {job!r} already has a handler")
 

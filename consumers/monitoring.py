@@ -2,7 +2,7 @@
 
 Jobs (scheduler ticks; ``consumers/jobs.py`` records their runs):
 
-* ``scheduled_minutely_monitoring_heartbeat`` — runs the checks of ``core/monitoring.py`` (consumer
+* ``scheduled_minutely_monitoring_heartbeat`` — runs the checks of ``dianabot_core/monitoring.py`` (consumer
   lag, dead-letter growth, parked outbox rows and dead letters kept in PostgreSQL because Kafka would
   not take them, jobs that missed their schedule, PostgreSQL and Kafka reachability) and
   emits one ``alert.raised`` per finding and one ``alert.resolved`` per open incident that cleared;
@@ -11,13 +11,13 @@ Jobs (scheduler ticks; ``consumers/jobs.py`` records their runs):
 
 Handler (consumer group ``dianabot.monitoring.notify_admin``): every ``alert.raised`` and
 ``alert.resolved`` — the heartbeat's and everyone else's (economy drift, failed posts) — keeps its
-incident in ``alert_incidents`` (``core/incidents.py``) and tells the admin chat once per incident,
+incident in ``alert_incidents`` (``dianabot_core/incidents.py``) and tells the admin chat once per incident,
 again at most once per remind interval while it stays open (or at once when it turns critical), and
 once when it clears. Critical priority; send keys derived from the incident, so a redelivery never
 sends twice. One handler for both event types keeps a key's raise and resolve in topic order.
 
 **When PostgreSQL or Kafka is down** nothing above can run: ticks, the ledger, the outbox and the send
-ledger all need both. So each consumer process also runs a small ``Watchdog`` (``core/watchdog.py``)
+ledger all need both. So each consumer process also runs a small ``Watchdog`` (``dianabot_core/watchdog.py``)
 that probes both every few seconds and, after several failures in a row, sends the admin chat one
 message straight through the bot (``TelegramSender.send_unrecorded``: no ledger, no shared limits),
 and one recovery message when the probe passes again. Its state is in memory, so every consumer
@@ -40,16 +40,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.jobs import ScheduledJobs, jobs
 from consumers.services import Monitoring, Services
-from contracts.events import AlertRaised, AlertResolved, MessageContent, Priority, SchedulerTick
-from contracts.ids import derived_event_id
-from contracts.topics import ALERTS, TopicSpec
-from core import metrics
-from core.incidents import AlertIncident, Notice, open_incidents, record_raised, record_resolved
-from core.monitoring import HEARTBEAT_JOB, JobTotals, cleared, job_totals, run_checks
-from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
-from core.schedule.jobs import JobDefinition
-from core.telegram.sender import SendRequest, TelegramSender
-from core.watchdog import Watchdog, database_probe, kafka_probe
+from dianabot_contracts.events import AlertRaised, AlertResolved, MessageContent, Priority, SchedulerTick
+from dianabot_contracts.ids import derived_event_id
+from dianabot_contracts.topics import ALERTS, TopicSpec
+from dianabot_core import metrics
+from dianabot_core.incidents import AlertIncident, Notice, open_incidents, record_raised, record_resolved
+from dianabot_core.monitoring import HEARTBEAT_JOB, JobTotals, cleared, job_totals, run_checks
+from dianabot_core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+from dianabot_core.schedule.jobs import JobDefinition
+from dianabot_core.telegram.sender import SendRequest, TelegramSender
+from dianabot_core.watchdog import Watchdog, database_probe, kafka_probe
 
 logger = logging.getLogger("dianabot.monitoring")
 

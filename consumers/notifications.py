@@ -18,15 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.services import Services
-from contracts.events import MessageContent, NotificationRequested
-from contracts.topics import NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
-from core.models import User
-from core.pipeline.errors import PermanentError
-from core.pipeline.handlers import BatchContext, Delivery, HandlerGroup
-from core.telegram import metrics
-from core.telegram.broadcasts import ProgressReporter, broadcasts_of, notification_key
-from core.telegram.sender import SendOutcome, SendRequest, TelegramSender
-from core.telegram.templates import render
+from dianabot_contracts.events import MessageContent, NotificationRequested
+from dianabot_contracts.topics import NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, TopicSpec
+from dianabot_core.models import User
+from dianabot_core.pipeline.errors import PermanentError
+from dianabot_core.pipeline.handlers import BatchContext, Delivery, HandlerGroup
+from dianabot_core.telegram import metrics
+from dianabot_core.telegram.broadcasts import ProgressReporter, broadcasts_of, notification_key
+from dianabot_core.telegram.sender import SendOutcome, SendRequest, TelegramSender
+from dianabot_core.telegram.templates import render
 
 logger = logging.getLogger("dianabot.notifications")
 

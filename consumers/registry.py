@@ -18,7 +18,7 @@ from consumers import (
     subscriptions,
     users,
 )
-from core.pipeline.handlers import HandlerGroup
+from dianabot_core.pipeline.handlers import HandlerGroup
 
 del economy  # imported for its job registrations
 

@@ -21,12 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
-from core.clock import Clock, SystemClock
-from core.domain.settings import ChannelSettings, ContentSettings, GamificationSettings, SubscriptionSettings
-from core.monitoring_settings import MonitoringSettings
-from core.schedule.jobs import JobDefinition
-from core.settings import KafkaSettings, Settings
-from core.telegram.sender import TelegramSender
+from dianabot_core.clock import Clock, SystemClock
+from dianabot_core.domain.settings import (
+    ChannelSettings,
+    ContentSettings,
+    GamificationSettings,
+    SubscriptionSettings,
+)
+from dianabot_core.monitoring_settings import MonitoringSettings
+from dianabot_core.schedule.jobs import JobDefinition
+from dianabot_core.settings import KafkaSettings, Settings
+from dianabot_core.telegram.sender import TelegramSender
 
 
 @dataclass(frozen=True)

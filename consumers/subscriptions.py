@@ -15,7 +15,7 @@ Handlers (consumer groups ``dianabot.subscriptions.{action}``):
 * ``grant_access`` — state VIP, unban, one single-use invite link sent once (and recorded in
   ``vip_invite_links`` with the grant).
 
-The rules live in ``core/domain/subscriptions.py``. Every message has a send-ledger key derived from
+The rules live in ``dianabot_core/domain/subscriptions.py``. Every message has a send-ledger key derived from
 its event id, so a redelivered or retried event never sends it twice; member calls are idempotent.
 """
 
@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.jobs import ScheduledJobs, jobs
 from consumers.services import Services
-from contracts.envelope import EventPayload
-from contracts.events import (
+from dianabot_contracts.envelope import EventPayload
+from dianabot_contracts.events import (
     Priority,
     SchedulerTick,
     SubscriptionExpired,
@@ -40,8 +40,8 @@ from contracts.events import (
     SubscriptionRenewed,
     SubscriptionStarted,
 )
-from contracts.topics import SUBSCRIPTIONS, TopicSpec
-from core.domain.subscriptions import (
+from dianabot_contracts.topics import SUBSCRIPTIONS, TopicSpec
+from dianabot_core.domain.subscriptions import (
     archive_expired,
     expire_ended,
     mark_reminder_sent,
@@ -52,11 +52,11 @@ from core.domain.subscriptions import (
     set_user_vip,
     should_kick,
 )
-from core.models import Channel, ChannelKind, Subscription, SubscriptionStatus, User, UserState
-from core.pipeline.errors import PermanentError
-from core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
-from core.telegram.sender import SendRequest
-from core.telegram.templates import TEMPLATES, render
+from dianabot_core.models import Channel, ChannelKind, Subscription, SubscriptionStatus, User, UserState
+from dianabot_core.pipeline.errors import PermanentError
+from dianabot_core.pipeline.handlers import DEFAULT_RETRY_DELAYS_S, HandlerContext, HandlerGroup
+from dianabot_core.telegram.sender import SendRequest
+from dianabot_core.telegram.templates import TEMPLATES, render
 
 logger = logging.getLogger("dianabot.subscriptions")
 

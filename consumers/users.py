@@ -8,8 +8,8 @@ from datetime import datetime
 from sqlalchemy import text
 
 from consumers.services import Services
-from contracts.events import UserActivity, UserRegistered
-from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
+from dianabot_contracts.events import UserActivity, UserRegistered
+from dianabot_core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
 
 handlers = HandlerGroup("users")
 

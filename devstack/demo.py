@@ -33,10 +33,17 @@ import aiohttp
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import Button, Media, MessageContent, PostScheduled, SchedulerTick, SubscriptionStarted
-from contracts.ids import uuid7
-from contracts.topics import SCHEDULER_TICKS
-from core.models import (
+from dianabot_contracts.events import (
+    Button,
+    Media,
+    MessageContent,
+    PostScheduled,
+    SchedulerTick,
+    SubscriptionStarted,
+)
+from dianabot_contracts.ids import uuid7
+from dianabot_contracts.topics import SCHEDULER_TICKS
+from dianabot_core.models import (
     Channel,
     ChannelKind,
     ChannelPost,
@@ -45,9 +52,9 @@ from core.models import (
     User,
     UserState,
 )
-from core.outbox import add_to_outbox
-from core.runtime import build_resources, settings_or_exit
-from devstack.telegram_double import TelegramDouble
+from dianabot_core.outbox import add_to_outbox
+from dianabot_core.runtime import build_resources, settings_or_exit
+from dianabot_double import TelegramDouble
 
 PRODUCER = "dianabot-demo"
 VIP_CHANNEL = -1_001_000_000_001

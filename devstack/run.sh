@@ -16,7 +16,7 @@ trap stop INT TERM EXIT
 
 # The local Bot API double stands in for Telegram unless settings point elsewhere.
 if [[ "$DIANABOT_TELEGRAM__API_BASE_URL" == http://127.0.0.1:8081* ]]; then
-  "$BIN/python" -m devstack.telegram_double --port 8081 & pids+=($!)
+  "$BIN/python" -m dianabot_double --port 8081 & pids+=($!)
 fi
 "$BIN/faststream" run consumers.app:app & pids+=($!)
 "$BIN/faststream" run schedulers.app:app & pids+=($!)

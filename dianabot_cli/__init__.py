@@ -1,5 +1,5 @@
 """``dianabot``: the operator's console command (see ``dianabot_cli.app``).
 
-It sits above the services, as the one place that may import both: ``core.cli`` (dead letters,
+It sits above the services, as the one place that may import both: ``dianabot_core.cli`` (dead letters,
 lag, broadcasts), ``schedulers.cli`` (jobs) and ``consumers.registry`` (handler names to complete).
 """

@@ -1,12 +1,12 @@
 """The ``dianabot`` console command: every operator command in one Typer app.
 
-    dianabot dlq list|show|replay ...     dead letters (core.cli.dlq)
-    dianabot lag ...                      consumer-group lag (core.cli)
+    dianabot dlq list|show|replay ...     dead letters (dianabot_core.cli.dlq)
+    dianabot lag ...                      consumer-group lag (dianabot_core.cli)
     dianabot jobs list|trigger JOB ...    scheduled jobs (schedulers.cli)
     dianabot broadcast progress ID [--watch]
     dianabot --install-completion         job names and handler names complete in the shell
 
-``python -m core.cli`` and ``python -m schedulers`` run the same commands (the latter only the
+``python -m dianabot_core.cli`` and ``python -m schedulers`` run the same commands (the latter only the
 ``jobs`` ones). No command reads a setting it does not use: none needs a bot token.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from core.cli import Invocation, build_app
-from core.cli.runner import run_app
+from dianabot_core.cli import Invocation, build_app
+from dianabot_core.cli.runner import run_app
 from schedulers.cli import app as jobs_app
 
 PROG = "dianabot"

@@ -9,8 +9,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core.models import Base
-from core.settings import load_database_settings
+from dianabot_core.models import Base
+from dianabot_core.settings import load_database_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -16,18 +16,24 @@ from faststream import FastStream
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from contracts.topics import SCHEDULER_TICKS
-from core.clock import Clock, SystemClock
-from core.health import HealthServer, HealthServerError, broker_check, database_check
-from core.kafka import admin_client, create_broker
-from core.outbox import OutboxRelay
-from core.pipeline.consumer import TopicDeclaration, declare_topics
-from core.publisher import EventPublisher
-from core.runtime import Resources, build_resources, exit_with_one_line, resources_lifespan, settings_or_exit
-from core.schedule.cron import CronSchedule
-from core.schedule.settings import SchedulerSettings
-from core.settings import Settings
-from core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
+from dianabot_contracts.topics import SCHEDULER_TICKS
+from dianabot_core.clock import Clock, SystemClock
+from dianabot_core.health import HealthServer, HealthServerError, broker_check, database_check
+from dianabot_core.kafka import admin_client, create_broker
+from dianabot_core.outbox import OutboxRelay
+from dianabot_core.pipeline.consumer import TopicDeclaration, declare_topics
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.runtime import (
+    Resources,
+    build_resources,
+    exit_with_one_line,
+    resources_lifespan,
+    settings_or_exit,
+)
+from dianabot_core.schedule.cron import CronSchedule
+from dianabot_core.schedule.settings import SchedulerSettings
+from dianabot_core.settings import Settings
+from dianabot_core.telemetry import instrument_engine, kafka_middlewares, setup_tracing
 from schedulers.leader import AdvisoryLock
 from schedulers.planning import ScheduledJob
 from schedulers.service import SchedulerService

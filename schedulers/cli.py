@@ -6,7 +6,7 @@ its policies, its next fire times, the last slot the scheduler emitted, and its 
 ``job_runs``). ``trigger`` emits a manual tick now, with a fresh event id (so it is never taken
 for a duplicate of a scheduled tick), through the outbox; it is published at once when Kafka is
 reachable, else by the scheduler's relay as soon as it is. Both take ``--json``; job names
-complete from the job table (``core.schedule.jobs``).
+complete from the job table (``dianabot_core.schedule.jobs``).
 
 Neither sends a message, so neither reads the Telegram settings: ``ToolSettings`` is every
 section but that one, and a missing bot token is no error here.
@@ -28,19 +28,19 @@ from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.cli.output import Table, stdout_console
-from core.cli.runner import run_app
-from core.clock import Clock, SystemClock
-from core.db import create_engine, create_session_factory
-from core.jobs import JobRun, SchedulerJobState
-from core.kafka import create_broker
-from core.logs import configure_logging
-from core.outbox import OutboxRelay
-from core.publisher import EventPublisher
-from core.schedule.cron import CronSchedule
-from core.schedule.jobs import JOBS, JobDefinition
-from core.schedule.settings import SchedulerSettings
-from core.settings import ConfigError, ToolSettings, load_tool_settings
+from dianabot_core.cli.output import Table, stdout_console
+from dianabot_core.cli.runner import run_app
+from dianabot_core.clock import Clock, SystemClock
+from dianabot_core.db import create_engine, create_session_factory
+from dianabot_core.jobs import JobRun, SchedulerJobState
+from dianabot_core.kafka import create_broker
+from dianabot_core.logs import configure_logging
+from dianabot_core.outbox import OutboxRelay
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.schedule.cron import CronSchedule
+from dianabot_core.schedule.jobs import JOBS, JobDefinition
+from dianabot_core.schedule.settings import SchedulerSettings
+from dianabot_core.settings import ConfigError, ToolSettings, load_tool_settings
 from schedulers.state import PRODUCER, PgTickStore
 
 Sessions = async_sessionmaker[AsyncSession]

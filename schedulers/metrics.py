@@ -1,4 +1,4 @@
-"""Prometheus metrics of the scheduler (same process-wide registry as ``core.metrics``)."""
+"""Prometheus metrics of the scheduler (same process-wide registry as ``dianabot_core.metrics``)."""
 
 from __future__ import annotations
 

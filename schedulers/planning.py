@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from core.schedule.cron import CronSchedule
-from core.schedule.jobs import CatchUp, JobDefinition
+from dianabot_core.schedule.cron import CronSchedule
+from dianabot_core.schedule.jobs import CatchUp, JobDefinition
 
 TickKind = Literal["on_time", "catch_up", "manual"]
 

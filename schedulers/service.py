@@ -25,9 +25,9 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import Tracer
 
-from core.clock import Clock
-from core.outbox import OutboxRelay
-from core.schedule.settings import SchedulerSettings
+from dianabot_core.clock import Clock
+from dianabot_core.outbox import OutboxRelay
+from dianabot_core.schedule.settings import SchedulerSettings
 from schedulers import metrics
 from schedulers.leader import AdvisoryLock, LeadershipLost
 from schedulers.planning import ScheduledJob

@@ -21,12 +21,12 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import EventEnvelope
-from contracts.events import SchedulerTick
-from contracts.ids import derived_event_id, uuid7
-from core.jobs import SchedulerJobState
-from core.models import OutboxEvent
-from core.outbox import add_to_outbox
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import SchedulerTick
+from dianabot_contracts.ids import derived_event_id, uuid7
+from dianabot_core.jobs import SchedulerJobState
+from dianabot_core.models import OutboxEvent
+from dianabot_core.outbox import add_to_outbox
 from schedulers.planning import PlannedTick
 
 PRODUCER = "dianabot-scheduler"

@@ -22,8 +22,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from opentelemetry.util.types import AttributeValue
 
-from contracts.events import SchedulerTick
-from core.clock import Clock
+from dianabot_contracts.events import SchedulerTick
+from dianabot_core.clock import Clock
 from schedulers import metrics
 from schedulers.planning import Plan, ScheduledJob, initial_cursor, plan_due
 from schedulers.state import TickStore, tick_event_id

@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.db import create_engine, create_session_factory
-from core.settings import DatabaseSettings, KafkaSettings, Settings, TelegramSettings
+from dianabot_core.db import create_engine, create_session_factory
+from dianabot_core.settings import DatabaseSettings, KafkaSettings, Settings, TelegramSettings
 
 TEST_DATABASE_URL = os.environ.get(
     "DIANABOT_TEST_DATABASE_URL",

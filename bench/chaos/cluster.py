@@ -1,7 +1,7 @@
 """The real processes of a chaos run, and the faults done to them and to Kafka and PostgreSQL.
 
 Consumers (``faststream run consumers.app:app``), scheduler replicas (``faststream run
-schedulers.app:app``) and the Bot API double (``python -m devstack.telegram_double``) run from a
+schedulers.app:app``) and the Bot API double (``python -m dianabot_double``) run from a
 source tree (a snapshot of a commit, or the working tree) with their output in the run's log
 directory. Kafka and PostgreSQL are the devstack's own, stopped and started with its scripts
 (``kafka.sh down``/``up``; PostgreSQL is crashed with ``pg_ctl stop -m immediate`` and started with
@@ -112,7 +112,7 @@ class Cluster:
         """The double on a free port; it prints its URL on stdout, logs to the run's directory."""
         log = (self.config.logs / "double.log").open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "devstack.telegram_double", "--port", "0", "--log-level", "WARNING"],
+            [sys.executable, "-m", "dianabot_double", "--port", "0", "--log-level", "WARNING"],
             cwd=self.config.source,
             env={**os.environ, "PYTHONPATH": str(self.config.source)},
             stdout=subprocess.PIPE,

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from bench.chaos.workload import BASE, MISSION_PERIOD, Fixtures
-from core.models import (
+from dianabot_core.models import (
     Balance,
     Mission,
     MissionType,

@@ -26,8 +26,8 @@ from uuid import UUID
 
 from bench.chaos.topology import Lane, handlers_taking
 from bench.chaos.workload import MISSION_PERIOD, Fixtures
-from contracts.envelope import EventEnvelope
-from contracts.events import (
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import (
     EVENT_TYPES,
     ChannelJoinRequested,
     DailyGiftClaimed,
@@ -38,7 +38,7 @@ from contracts.events import (
     UserActivity,
     UserRegistered,
 )
-from core.domain.gamification import (
+from dianabot_core.domain.gamification import (
     DAILY_GIFT_SOURCE,
     STREAK_SOURCE,
     DailyGiftRules,

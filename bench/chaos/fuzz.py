@@ -29,8 +29,8 @@ from pydantic import ValidationError
 
 from bench.chaos.topology import Lane, handlers_on, handlers_taking, topic_spec
 from bench.chaos.workload import BASE, MISSING_USERS, Record
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import (
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import (
     EVENT_TYPES,
     AlertRaised,
     BroadcastRequested,
@@ -44,7 +44,7 @@ from contracts.events import (
     SubscriptionExpiring,
     UserActivity,
 )
-from contracts.topics import (
+from dianabot_contracts.topics import (
     ALERTS,
     BROADCASTS,
     CHANNELS,

@@ -16,10 +16,10 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from bench.chaos.readback import end_offsets
 from bench.chaos.topology import Lane, declarations
-from core.kafka import admin_client
-from core.lag import offsets_reader
-from core.pipeline.consumer import declare_topics
-from core.settings import KafkaSettings
+from dianabot_core.kafka import admin_client
+from dianabot_core.lag import offsets_reader
+from dianabot_core.pipeline.consumer import declare_topics
+from dianabot_core.settings import KafkaSettings
 
 
 class GroupBusyError(RuntimeError):

@@ -31,9 +31,9 @@ from aiokafka.structs import TopicPartition
 from bench.chaos.cluster import CLIENT_ID
 from bench.chaos.readback import ends_of
 from bench.chaos.topology import Lane
-from core.kafka import admin_client
-from core.lag import offsets_reader
-from core.settings import KafkaSettings
+from dianabot_core.kafka import admin_client
+from dianabot_core.lag import offsets_reader
+from dianabot_core.settings import KafkaSettings
 
 logger = logging.getLogger("bench.chaos")
 

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from bench.chaos.workload import Record
-from core.settings import KafkaSettings
+from dianabot_core.settings import KafkaSettings
 
 logger = logging.getLogger("bench.chaos")
 

@@ -11,9 +11,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from contracts.topics import TOPICS
-from core.lag import offsets_reader
-from core.settings import KafkaSettings
+from dianabot_contracts.topics import TOPICS
+from dianabot_core.lag import offsets_reader
+from dianabot_core.settings import KafkaSettings
 
 Offsets = dict[TopicPartition, int]
 Record: TypeAlias = ConsumerRecord[bytes | None, bytes | None]

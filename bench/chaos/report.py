@@ -43,7 +43,7 @@ def judge(report: dict[str, Any]) -> dict[str, bool]:
         "no_message_duplicated": telegram["duplicated"] == 0,
         "no_telegram_limit_violation": telegram["violations_total"] == 0,
         # A claim published but not yet marked when the process died is published again, as
-        # core/pipeline/dead_letters.py documents: such second copies are counted apart.
+        # dianabot_core/pipeline/dead_letters.py documents: such second copies are counted apart.
         "every_fuzzed_record_dead_lettered_once_per_handler": letters["missing"] == 0
         and letters["duplicated"] == letters["duplicated_after_a_crash"]
         and letters["unexpected"] == 0,

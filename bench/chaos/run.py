@@ -34,10 +34,10 @@ from bench.chaos.progress import Watch, idle_windows
 from bench.chaos.publisher import Publisher
 from bench.chaos.report import fault_report, judge, totals
 from bench.chaos.topology import Lane, service_lanes
-from contracts.topics import DEAD_LETTERS, SCHEDULER_TICKS
-from core.kafka import admin_client
-from core.schedule.settings import SCHEDULER_LOCK_KEY
-from core.settings import KafkaSettings, Settings, load_settings
+from dianabot_contracts.topics import DEAD_LETTERS, SCHEDULER_TICKS
+from dianabot_core.kafka import admin_client
+from dianabot_core.schedule.settings import SCHEDULER_LOCK_KEY
+from dianabot_core.settings import KafkaSettings, Settings, load_settings
 
 logger = logging.getLogger("bench.chaos")
 IDLE_ALLOWANCE_S = 30.0

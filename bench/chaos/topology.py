@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from consumers.registry import HANDLER_GROUPS
-from contracts.topics import TOPICS, TopicSpec
-from core.pipeline.consumer import TopicDeclaration
-from core.pipeline.handlers import HandlerGroup, retry_group
+from dianabot_contracts.topics import TOPICS, TopicSpec
+from dianabot_core.pipeline.consumer import TopicDeclaration
+from dianabot_core.pipeline.handlers import HandlerGroup, retry_group
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from bench.chaos.expect import Expected, Model
 from bench.chaos.fuzz import FuzzCase
 from bench.chaos.readback import Record
 from bench.chaos.workload import ACTIVITY_USERS, MISSING_USERS, PRODUCER, REGISTERED_USERS
-from contracts.envelope import EventEnvelope
-from contracts.topics import SCHEDULER_TICKS
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.topics import SCHEDULER_TICKS
 
 FUZZ_PREFIX = b"chaos:fuzz:"
 Origin = tuple[str, int, int]

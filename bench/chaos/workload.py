@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
 
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import (
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import (
     BesitosEarned,
     ChannelJoinRequested,
     DailyGiftClaimed,
@@ -32,7 +32,7 @@ from contracts.events import (
     UserActivity,
     UserRegistered,
 )
-from contracts.topics import topic_for
+from dianabot_contracts.topics import topic_for
 
 PRODUCER = "chaos"
 BASE = datetime(2030, 1, 1, tzinfo=UTC)

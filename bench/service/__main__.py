@@ -9,7 +9,7 @@ import logging
 import sys
 
 from bench.service import run_service_bench
-from core.settings import load_settings
+from dianabot_core.settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

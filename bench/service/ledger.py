@@ -1,6 +1,6 @@
 """What the service did, read from PostgreSQL: the processed-events ledger and its commit times.
 
-A ledger row is written in the transaction that applies the event's effects (``core/pipeline/
+A ledger row is written in the transaction that applies the event's effects (``dianabot_core/pipeline/
 ledger.py``), so its commit time is the effect's. The time used is PostgreSQL's commit timestamp
 of the row's inserting transaction (``pg_xact_commit_timestamp(xmin)``, which needs
 ``track_commit_timestamp = on``; the devstack sets it), not the row's ``processed_at``: that

@@ -24,10 +24,10 @@ import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.chaos.cluster import Cluster, ServiceConfig
-from core.kafka import admin_client
-from core.lag import group_names
-from core.pipeline.handlers import APP
-from core.settings import KafkaSettings
+from dianabot_core.kafka import admin_client
+from dianabot_core.lag import group_names
+from dianabot_core.pipeline.handlers import APP
+from dianabot_core.settings import KafkaSettings
 
 CLIENT_ID = "dianabot-bench-service"
 CONSUMER_ROLE = "consumer-0"
@@ -116,7 +116,7 @@ async def groups_with_member(admin: AIOKafkaAdminClient, client_id: str) -> dict
 
     async def describe(group: str) -> tuple[str, str, set[str]]:
         # One group per request: aiokafka 0.14 misreads a DescribeGroups answer with several
-        # (see core/lag.py).
+        # (see dianabot_core/lag.py).
         async with limit:
             [response] = await admin.describe_consumer_groups([group])
         [described] = response.groups

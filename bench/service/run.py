@@ -30,11 +30,11 @@ from bench.service.ledger import (
 )
 from bench.service.traffic import Make, Publisher, Sent, Sizes
 from consumers.registry import HANDLER_GROUPS
-from contracts.events import UserActivity
-from contracts.topics import DEAD_LETTERS, TOPICS
-from core.pipeline.handlers import HandlerSpec
-from core.settings import Settings
-from core.telegram.settings import SenderSettings
+from dianabot_contracts.events import UserActivity
+from dianabot_contracts.topics import DEAD_LETTERS, TOPICS
+from dianabot_core.pipeline.handlers import HandlerSpec
+from dianabot_core.settings import Settings
+from dianabot_core.telegram.settings import SenderSettings
 
 logger = logging.getLogger("bench.service")
 LOGS = REPO / ".devstack/bench/service"

@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.chaos import database
 from bench.chaos.workload import Fixtures
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import (
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import (
     MessageContent,
     NotificationRequested,
     Priority,
@@ -36,9 +36,9 @@ from contracts.events import (
     UserActivity,
     UserRegistered,
 )
-from contracts.topics import topic_for
-from core.models import Subscription, SubscriptionPlan, SubscriptionStatus
-from core.settings import KafkaSettings
+from dianabot_contracts.topics import topic_for
+from dianabot_core.models import Subscription, SubscriptionPlan, SubscriptionStatus
+from dianabot_core.settings import KafkaSettings
 
 PRODUCER = "bench-service"
 ACTIVITY_USERS = 10_000_000

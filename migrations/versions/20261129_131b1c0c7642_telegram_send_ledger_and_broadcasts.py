@@ -17,7 +17,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-# The limiter's one statement (core/telegram/limits.py): decide and book a send slot with the
+# The limiter's one statement (dianabot_core/telegram/limits.py): decide and book a send slot with the
 # chat's and the bot's rows locked for the duration of this call only. Rows are created on first
 # use and always locked chat first, then lane ("{bot}:chat:…" before "{bot}:global"), the same order
 # every caller uses, so two reservations never deadlock. p_now is for tests; callers leave it NULL.

@@ -9,7 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from core.schedule.jobs import JOBS
+from dianabot_core.schedule.jobs import JOBS
 from tests.conftest import TEST_BOOTSTRAP, TEST_DATABASE_URL
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from contracts.events import SchedulerTick
-from core.schedule.jobs import JOBS
+from dianabot_contracts.events import SchedulerTick
+from dianabot_core.schedule.jobs import JOBS
 from schedulers.state import tick_event_id
 from tests.conftest import TEST_BOOTSTRAP, TEST_DATABASE_URL
 

@@ -1,4 +1,4 @@
-"""The Bot API double as demos and benchmarks run it: `python -m devstack.telegram_double`."""
+"""The Bot API double as demos and benchmarks run it: `python -m dianabot_double`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ async def test_cli_serves_aiogram_enforces_limits_and_never_logs_the_token() -> 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "devstack.telegram_double",
+        "dianabot_double",
         "--port",
         "0",
         "--log-level",

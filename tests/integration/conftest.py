@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from core.kafka import ensure_kafka_reachable
-from core.settings import Settings
+from dianabot_core.kafka import ensure_kafka_reachable
+from dianabot_core.settings import Settings
 
 
 @pytest.fixture(scope="session")

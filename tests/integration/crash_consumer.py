@@ -13,10 +13,10 @@ from functools import cache
 from faststream import FastStream
 
 from consumers.app import create_app
-from contracts.events import UserActivity
-from contracts.topics import TopicSpec
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.runtime import settings_or_exit
+from dianabot_contracts.events import UserActivity
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.runtime import settings_or_exit
 from tests.integration.pipeline_support import record_effect
 
 PARTITIONS = 6

@@ -19,18 +19,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers import monitoring
 from consumers.jobs import ScheduledJobs
 from consumers.services import Monitoring, Services
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import SchedulerTick
-from contracts.topics import TopicSpec
-from core.incidents import AlertIncident
-from core.jobs import JobRun, JobRunStatus
-from core.models import ProcessedEvent
-from core.monitoring_settings import MonitoringSettings
-from core.pipeline.handlers import HandlerGroup
-from core.schedule.jobs import JobDefinition
-from core.settings import Settings
-from core.telegram.sender import TelegramSender
-from devstack.telegram_double import TelegramDouble
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import SchedulerTick
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.incidents import AlertIncident
+from dianabot_core.jobs import JobRun, JobRunStatus
+from dianabot_core.models import ProcessedEvent
+from dianabot_core.monitoring_settings import MonitoringSettings
+from dianabot_core.pipeline.handlers import HandlerGroup
+from dianabot_core.schedule.jobs import JobDefinition
+from dianabot_core.settings import Settings
+from dianabot_core.telegram.sender import TelegramSender
+from dianabot_double import TelegramDouble
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_telegram_support import (
     fresh_chat_ids,

@@ -21,12 +21,12 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import Row
 
-from core.advisory_lease import AdvisoryLease
-from core.db import create_engine, create_session_factory
-from core.kafka import create_broker
-from core.outbox import OutboxRelay, _PassResult
-from core.publisher import EventPublisher
-from core.settings import DatabaseSettings, KafkaSettings
+from dianabot_core.advisory_lease import AdvisoryLease
+from dianabot_core.db import create_engine, create_session_factory
+from dianabot_core.kafka import create_broker
+from dianabot_core.outbox import OutboxRelay, _PassResult
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.settings import DatabaseSettings, KafkaSettings
 
 
 def say(line: str) -> None:

@@ -23,11 +23,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from core.models import OutboxEvent
-from core.outbox import add_to_outbox
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_core.models import OutboxEvent
+from dianabot_core.outbox import add_to_outbox
+from dianabot_core.settings import Settings
 
 PRODUCER = "outbox-test"
 NewTopic = Callable[..., Awaitable[str]]

@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import Consumers, build_consumers
 from consumers.services import Services
-from contracts.envelope import EventEnvelope
-from contracts.topics import TopicSpec
-from core.clock import Clock, SystemClock
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.clock import Clock, SystemClock
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.settings import Settings
 
 # Effect tables live in their own schema so the models-vs-migrations check never sees them.
 EFFECTS_DDL = """

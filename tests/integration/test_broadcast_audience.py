@@ -16,11 +16,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import broadcasts
-from contracts.events import MessageContent
-from core.models import OutboxEvent
-from core.settings import Settings
-from core.telegram.broadcasts import add_broadcast_to_outbox, broadcast_progress
-from core.telegram.models import BroadcastAudience
+from dianabot_contracts.events import MessageContent
+from dianabot_core.models import OutboxEvent
+from dianabot_core.settings import Settings
+from dianabot_core.telegram.broadcasts import add_broadcast_to_outbox, broadcast_progress
+from dianabot_core.telegram.models import BroadcastAudience
 from tests.integration.outbox_support import read_topic
 from tests.integration.test_telegram_support import (
     create_lanes,

@@ -14,10 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.jobs import scheduled_daily_cleanup
 from consumers.services import Retention, Services
-from core.jobs import JobRunStatus
-from core.models import Subscription, SubscriptionPlan, User, VipInviteLink
-from core.settings import Settings
-from core.telegram.models import Broadcast, BroadcastRecipient, RecipientStatus, SendStatus, TelegramSend
+from dianabot_core.jobs import JobRunStatus
+from dianabot_core.models import Subscription, SubscriptionPlan, User, VipInviteLink
+from dianabot_core.settings import Settings
+from dianabot_core.telegram.models import (
+    Broadcast,
+    BroadcastRecipient,
+    RecipientStatus,
+    SendStatus,
+    TelegramSend,
+)
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_gamification_support import (
     consuming,

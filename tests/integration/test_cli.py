@@ -23,12 +23,12 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from core.cli import build_parser
-from core.pipeline.errors import PermanentError
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_core.cli import build_parser
+from dianabot_core.pipeline.errors import PermanentError
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.settings import Settings
 from tests.conftest import TEST_BOOTSTRAP
 from tests.integration.pipeline_support import (
     RawProducer,
@@ -76,13 +76,13 @@ def _picky_group(topic_count: int = 1) -> tuple[HandlerGroup, dict[str, bool], A
 
 
 async def run_cli(*argv: str) -> tuple[int, str, str]:
-    """`python -m core.cli ...` as an operator runs it: Kafka settings only, no bot token."""
+    """`python -m dianabot_core.cli ...` as an operator runs it: Kafka settings only, no bot token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIANABOT_")}
     env["DIANABOT_KAFKA__BOOTSTRAP_SERVERS"] = TEST_BOOTSTRAP
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "core.cli",
+        "dianabot_core.cli",
         *argv,
         cwd=ROOT,
         env=env,
@@ -175,8 +175,8 @@ async def test_a_dead_letter_is_listed_then_replayed_and_takes_effect_once(
         replay = ("dlq", "replay", position, "--progress-group", progress_group, "--allow-topic", topic.name)
         code, replayed, err = await run_cli(*replay)
         with capsys.disabled():  # `pytest -s` shows what an operator sees
-            print(f"\n$ python -m core.cli dlq list --handler {name}\n{listing}")
-            print(f"$ python -m core.cli dlq replay {position}\n{replayed}")
+            print(f"\n$ python -m dianabot_core.cli dlq list --handler {name}\n{listing}")
+            print(f"$ python -m dianabot_core.cli dlq replay {position}\n{replayed}")
         assert code == 0, err
         assert "replayed" in replayed
         await _wait_for(

@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from contracts.topics import DEAD_LETTERS
-from core.cli import build_parser
-from core.settings import Settings
+from dianabot_contracts.topics import DEAD_LETTERS
+from dianabot_core.cli import build_parser
+from dianabot_core.settings import Settings
 
 
 @pytest.fixture

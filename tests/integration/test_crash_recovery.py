@@ -17,9 +17,9 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_core.settings import Settings
 from tests.conftest import TEST_BOOTSTRAP, TEST_DATABASE_URL
 from tests.integration.crash_consumer import PARTITIONS
 from tests.integration.pipeline_support import RawProducer, effects_of, ensure_effects_table

@@ -1,4 +1,4 @@
-"""The channel post rules (core.domain.content) on the real PostgreSQL.
+"""The channel post rules (dianabot_core.domain.content) on the real PostgreSQL.
 
 The test database is shared and claiming scans the whole table, so each test schedules its posts
 in its own random stretch of the distant past (nothing else is due there), in a channel with a
@@ -19,15 +19,15 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import MessageContent, PostScheduled
-from core.domain.content import (
+from dianabot_contracts.events import MessageContent, PostScheduled
+from dianabot_core.domain.content import (
     claim_due_posts,
     mark_failed,
     mark_published,
     schedule_next_occurrence,
     upsert_scheduled_post,
 )
-from core.models import Channel, ChannelKind, ChannelPost, PostStatus
+from dianabot_core.models import Channel, ChannelKind, ChannelPost, PostStatus
 
 MINUTE = timedelta(minutes=1)
 

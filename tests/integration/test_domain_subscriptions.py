@@ -1,4 +1,4 @@
-"""The subscription lifecycle rules (core.domain.subscriptions) on the real PostgreSQL.
+"""The subscription lifecycle rules (dianabot_core.domain.subscriptions) on the real PostgreSQL.
 
 The test database is shared and these functions scan the whole table, so each test lives in its
 own random stretch of the distant past (no other test has rows due there) and uses random ids.
@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.ids import derived_event_id
-from core.domain.subscriptions import (
+from dianabot_contracts.ids import derived_event_id
+from dianabot_core.domain.subscriptions import (
     archive_expired,
     expire_ended,
     mark_reminder_sent,
@@ -27,7 +27,7 @@ from core.domain.subscriptions import (
     set_user_vip,
     should_kick,
 )
-from core.models import Subscription, SubscriptionPlan, SubscriptionStatus, User, UserState
+from dianabot_core.models import Subscription, SubscriptionPlan, SubscriptionStatus, User, UserState
 
 DAY = timedelta(days=1)
 

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import economy
-from contracts.events import AlertRaised, EconomyDriftDetected
-from core.jobs import JobRunStatus
-from core.models import Balance, OutboxEvent, Transaction, TransactionType
-from core.settings import Settings
+from dianabot_contracts.events import AlertRaised, EconomyDriftDetected
+from dianabot_core.jobs import JobRunStatus
+from dianabot_core.models import Balance, OutboxEvent, Transaction, TransactionType
+from dianabot_core.settings import Settings
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_gamification_support import (
     World,

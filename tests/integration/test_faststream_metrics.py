@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import users
 from consumers.app import build_consumers
-from contracts.envelope import EventEnvelope
-from contracts.events import UserRegistered
-from contracts.topics import USERS
-from core.settings import KafkaSettings, TelegramSettings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserRegistered
+from dianabot_contracts.topics import USERS
+from dianabot_core.settings import KafkaSettings, TelegramSettings
 from tests.conftest import TEST_BOOTSTRAP, make_settings
 from tests.integration.test_health import get, serving
 

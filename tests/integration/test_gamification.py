@@ -16,13 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers import gamification
 from consumers.gamification import free_channel
 from consumers.services import Services
-from contracts.envelope import EventEnvelope
-from contracts.events import MissionAssigned, MissionCompleted, PostScheduled
-from contracts.ids import derived_event_id
-from core.domain.gamification import award_key, award_mission, local_day
-from core.domain.settings import GamificationSettings
-from core.jobs import JobRunStatus
-from core.models import (
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import MissionAssigned, MissionCompleted, PostScheduled
+from dianabot_contracts.ids import derived_event_id
+from dianabot_core.domain.gamification import award_key, award_mission, local_day
+from dianabot_core.domain.settings import GamificationSettings
+from dianabot_core.jobs import JobRunStatus
+from dianabot_core.models import (
     Balance,
     ChannelKind,
     Mission,
@@ -33,7 +33,7 @@ from core.models import (
     UserMissionStatus,
     UserState,
 )
-from core.settings import Settings
+from dianabot_core.settings import Settings
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_gamification_support import (
     World,

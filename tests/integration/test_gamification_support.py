@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers.app import build_consumers
 from consumers.jobs import ScheduledJobs
 from consumers.services import Services
-from contracts.envelope import EventEnvelope
-from contracts.events import SchedulerTick
-from contracts.topics import TopicSpec
-from core.jobs import JobRun, JobRunStatus
-from core.models import Channel, Mission, MissionType, OutboxEvent, ProcessedEvent, User, UserState
-from core.pipeline.handlers import HandlerGroup
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import SchedulerTick
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.jobs import JobRun, JobRunStatus
+from dianabot_core.models import Channel, Mission, MissionType, OutboxEvent, ProcessedEvent, User, UserState
+from dianabot_core.pipeline.handlers import HandlerGroup
+from dianabot_core.settings import Settings
 
 FINAL = frozenset({JobRunStatus.FINISHED, JobRunStatus.FAILED, JobRunStatus.SKIPPED})
 

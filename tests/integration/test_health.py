@@ -15,12 +15,12 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from core.health import Check, HealthServer, HealthServerError, broker_check, database_check
-from core.lag import lag_metrics_updater
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_core.health import Check, HealthServer, HealthServerError, broker_check, database_check
+from dianabot_core.lag import lag_metrics_updater
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.settings import Settings
 from tests.integration.pipeline_support import (
     RawProducer,
     effects_of,

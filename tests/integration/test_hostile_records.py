@@ -17,15 +17,15 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from core.clock import SystemClock
-from core.kafka import create_broker
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.pipeline.records import Record
-from core.pipeline.routing import FailureRouter
-from core.pipeline.runner import HandlerRunner, PipelineDeps
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_core.clock import SystemClock
+from dianabot_core.kafka import create_broker
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.pipeline.records import Record
+from dianabot_core.pipeline.routing import FailureRouter
+from dianabot_core.pipeline.runner import HandlerRunner, PipelineDeps
+from dianabot_core.settings import Settings
 from tests.integration.pipeline_support import (
     RawProducer,
     all_dead_letters,

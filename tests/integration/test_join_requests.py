@@ -16,14 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import channels
 from consumers.services import Services
-from contracts.envelope import EventEnvelope
-from contracts.events import ChannelJoinRequested
-from contracts.topics import TopicSpec
-from core.domain.settings import ChannelSettings
-from core.jobs import JobRunStatus
-from core.models import Channel, ChannelJoinRequest, ChannelKind, JoinRequestStatus
-from core.settings import Settings
-from devstack.telegram_double import TelegramDouble
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import ChannelJoinRequested
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.domain.settings import ChannelSettings
+from dianabot_core.jobs import JobRunStatus
+from dianabot_core.models import Channel, ChannelJoinRequest, ChannelKind, JoinRequestStatus
+from dianabot_core.settings import Settings
+from dianabot_double import TelegramDouble
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_gamification_support import (
     consuming,

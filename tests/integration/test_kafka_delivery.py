@@ -11,8 +11,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 
-from core.kafka import create_broker
-from core.settings import Settings
+from dianabot_core.kafka import create_broker
+from dianabot_core.settings import Settings
 from tests.support import wait_until
 
 

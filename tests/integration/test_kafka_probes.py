@@ -12,9 +12,9 @@ import contextlib
 import gc
 import warnings
 
-from core.kafka import KafkaUnreachableError, ensure_kafka_reachable
-from core.settings import KafkaSettings, Settings
-from core.watchdog import kafka_probe
+from dianabot_core.kafka import KafkaUnreachableError, ensure_kafka_reachable
+from dianabot_core.settings import KafkaSettings, Settings
+from dianabot_core.watchdog import kafka_probe
 
 
 async def test_timed_out_probes_and_preflights_close_every_connection(kafka: Settings) -> None:

@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
-from core.cli import build_parser
-from core.lag import GroupLag, group_lags
-from core.settings import Settings
+from dianabot_core.cli import build_parser
+from dianabot_core.lag import GroupLag, group_lags
+from dianabot_core.settings import Settings
 
 RECORDS = 7
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.models import ProcessedEvent
-from core.pipeline import ledger
+from dianabot_core.models import ProcessedEvent
+from dianabot_core.pipeline import ledger
 
 
 async def test_claim_returns_only_new_ids_even_with_duplicates_in_the_batch(

@@ -17,20 +17,20 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from consumers import monitoring
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import AlertRaised
-from contracts.ids import derived_event_id
-from contracts.topics import TopicSpec
-from core.clock import SystemClock
-from core.db import create_engine
-from core.incidents import AlertIncident
-from core.jobs import JobRun, JobRunStatus
-from core.lag import offsets_reader
-from core.monitoring import HEARTBEAT_JOB
-from core.pipeline.handlers import HandlerContext
-from core.schedule.jobs import JobDefinition
-from core.settings import DatabaseSettings, Settings
-from core.watchdog import database_probe
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import AlertRaised
+from dianabot_contracts.ids import derived_event_id
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.clock import SystemClock
+from dianabot_core.db import create_engine
+from dianabot_core.incidents import AlertIncident
+from dianabot_core.jobs import JobRun, JobRunStatus
+from dianabot_core.lag import offsets_reader
+from dianabot_core.monitoring import HEARTBEAT_JOB
+from dianabot_core.pipeline.handlers import HandlerContext
+from dianabot_core.schedule.jobs import JobDefinition
+from dianabot_core.settings import DatabaseSettings, Settings
+from dianabot_core.watchdog import database_probe
 from tests.integration.monitoring_support import Stack, forget_incidents, monitoring_stack, settle
 from tests.integration.test_gamification_support import era
 from tests.integration.test_telegram_support import (

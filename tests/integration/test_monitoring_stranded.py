@@ -13,9 +13,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.models import DeadLetterRecord, OutboxEvent
-from core.monitoring import HEARTBEAT_JOB
-from core.settings import Settings
+from dianabot_core.models import DeadLetterRecord, OutboxEvent
+from dianabot_core.monitoring import HEARTBEAT_JOB
+from dianabot_core.settings import Settings
 from tests.integration.monitoring_support import Stack, forget_incidents, monitoring_stack, settle
 from tests.integration.test_gamification_support import era
 from tests.integration.test_telegram_support import wait_for

@@ -21,11 +21,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import text
 
-from contracts.envelope import EventEnvelope
-from core.kafka import create_broker
-from core.outbox import OutboxRelay, add_to_outbox
-from core.publisher import EventPublisher
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_core.kafka import create_broker
+from dianabot_core.outbox import OutboxRelay, add_to_outbox
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.settings import Settings
 from tests.integration.outbox_support import (
     PRODUCER,
     NewTopic,

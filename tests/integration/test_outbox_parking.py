@@ -20,12 +20,12 @@ from aiokafka.errors import MessageSizeTooLargeError
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from core.kafka import create_broker
-from core.models import OutboxEvent
-from core.outbox import OutboxRelay
-from core.publisher import EventPublisher
-from core.record_limits import DEFAULT_MAX_RECORD_BYTES
-from core.settings import Settings
+from dianabot_core.kafka import create_broker
+from dianabot_core.models import OutboxEvent
+from dianabot_core.outbox import OutboxRelay
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.record_limits import DEFAULT_MAX_RECORD_BYTES
+from dianabot_core.settings import Settings
 from tests.integration.outbox_support import (
     PRODUCER,
     NewTopic,

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from core.kafka import create_broker
-from core.outbox import OutboxRelay
-from core.publisher import EventPublisher
-from core.settings import Settings
+from dianabot_core.kafka import create_broker
+from dianabot_core.outbox import OutboxRelay
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.settings import Settings
 from tests.integration.outbox_support import (
     PRODUCER,
     NewTopic,

@@ -15,13 +15,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from core.models import ProcessedEvent
-from core.pipeline import runner
-from core.pipeline.errors import PermanentError, TransientError
-from core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_core.models import ProcessedEvent
+from dianabot_core.pipeline import runner
+from dianabot_core.pipeline.errors import PermanentError, TransientError
+from dianabot_core.pipeline.handlers import BatchContext, Delivery, HandlerContext, HandlerGroup
+from dianabot_core.settings import Settings
 from tests.integration.pipeline_support import (
     RawProducer,
     dead_letters_for,

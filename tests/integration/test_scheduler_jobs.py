@@ -15,14 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers.app import build_consumers
 from consumers.jobs import ScheduledJobs, scheduled_daily_cleanup
 from consumers.services import Retention, Services
-from contracts.envelope import EventEnvelope
-from contracts.events import SchedulerTick
-from contracts.ids import derived_event_id
-from contracts.topics import TopicSpec
-from core.jobs import JobRun, JobRunStatus, Overlap
-from core.models import OutboxEvent
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import SchedulerTick
+from dianabot_contracts.ids import derived_event_id
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.jobs import JobRun, JobRunStatus, Overlap
+from dianabot_core.models import OutboxEvent
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.settings import Settings
 from tests.integration.pipeline_support import RawProducer, dead_letters_for
 
 

@@ -33,12 +33,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import build_consumers
 from consumers.jobs import ScheduledJobs
-from contracts.events import SchedulerTick
-from contracts.topics import TopicSpec
-from core.jobs import JobRun, JobRunStatus, SchedulerJobState
-from core.models import OutboxEvent
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.settings import Settings
+from dianabot_contracts.events import SchedulerTick
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.jobs import JobRun, JobRunStatus, SchedulerJobState
+from dianabot_core.models import OutboxEvent
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.settings import Settings
 from schedulers.state import tick_event_id
 from tests.conftest import TEST_BOOTSTRAP, TEST_DATABASE_URL
 

@@ -16,11 +16,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from consumers.app import Consumers
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from contracts.topics import TopicSpec
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.settings import Settings
 from tests.integration.outbox_support import eventually
 from tests.integration.pipeline_support import (
     RawProducer,

@@ -13,14 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import gamification
 from consumers.services import Services
-from contracts.envelope import EventEnvelope
-from contracts.events import DailyGiftClaimed
-from contracts.ids import derived_event_id
-from core.domain.gamification import daily_gift_key
-from core.domain.settings import GamificationSettings
-from core.jobs import JobRunStatus
-from core.models import Balance, DailyGiftStreak, Transaction
-from core.settings import Settings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import DailyGiftClaimed
+from dianabot_contracts.ids import derived_event_id
+from dianabot_core.domain.gamification import daily_gift_key
+from dianabot_core.domain.settings import GamificationSettings
+from dianabot_core.jobs import JobRunStatus
+from dianabot_core.models import Balance, DailyGiftStreak, Transaction
+from dianabot_core.settings import Settings
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_gamification_support import (
     World,

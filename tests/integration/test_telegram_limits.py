@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts.events import Priority
-from core.telegram.limits import Grant, RateGate, Wait, WaitReason
-from core.telegram.settings import SenderSettings
+from dianabot_contracts.events import Priority
+from dianabot_core.telegram.limits import Grant, RateGate, Wait, WaitReason
+from dianabot_core.telegram.settings import SenderSettings
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 GLOBAL = 0.04  # 25/s

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import MessageContent
-from core.telegram import calls
-from core.telegram import sender as sender_module
-from core.telegram.content import Part
-from core.telegram.ledger import Attempt, SendIntent, SendLedger, Verdict
-from core.telegram.models import SendStatus
-from core.telegram.sender import SendOutcome, SendRequest, TelegramSender
-from devstack.telegram_double import TelegramDouble
+from dianabot_contracts.events import MessageContent
+from dianabot_core.telegram import calls
+from dianabot_core.telegram import sender as sender_module
+from dianabot_core.telegram.content import Part
+from dianabot_core.telegram.ledger import Attempt, SendIntent, SendLedger, Verdict
+from dianabot_core.telegram.models import SendStatus
+from dianabot_core.telegram.sender import SendOutcome, SendRequest, TelegramSender
+from dianabot_double import TelegramDouble
 from tests.integration.test_telegram_support import (
     fresh_chat_ids,
     ledger_rows,

@@ -14,16 +14,16 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import EventEnvelope
-from contracts.events import BroadcastRequested, MessageContent, NotificationRequested, Priority
-from core.models import User, UserState
-from core.pipeline.handlers import HandlerGroup
-from core.settings import Settings
-from core.telegram.broadcasts import BroadcastProgress, broadcast_progress, notification_key
-from core.telegram.models import SendStatus
-from core.telegram.sender import TelegramSender
-from core.telegram.templates import render
-from devstack.telegram_double import TelegramDouble
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import BroadcastRequested, MessageContent, NotificationRequested, Priority
+from dianabot_core.models import User, UserState
+from dianabot_core.pipeline.handlers import HandlerGroup
+from dianabot_core.settings import Settings
+from dianabot_core.telegram.broadcasts import BroadcastProgress, broadcast_progress, notification_key
+from dianabot_core.telegram.models import SendStatus
+from dianabot_core.telegram.sender import TelegramSender
+from dianabot_core.telegram.templates import render
+from dianabot_double import TelegramDouble
 from tests.integration.pipeline_support import RawProducer, dead_letters_for
 from tests.integration.test_telegram_support import (
     ChatUser,

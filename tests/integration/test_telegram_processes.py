@@ -29,15 +29,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers import broadcasts, notifications
 from consumers.app import create_app
 from consumers.services import Services
-from contracts.envelope import EventEnvelope
-from contracts.events import BroadcastRequested, MessageContent, NotificationRequested
-from contracts.topics import TopicSpec
-from core.runtime import settings_or_exit
-from core.settings import Settings
-from core.telegram.broadcasts import broadcast_progress, notification_key
-from core.telegram.models import BroadcastRecipient, SendStatus
-from core.telegram.sender import TelegramSender
-from devstack.telegram_double import TelegramDouble
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import BroadcastRequested, MessageContent, NotificationRequested
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.runtime import settings_or_exit
+from dianabot_core.settings import Settings
+from dianabot_core.telegram.broadcasts import broadcast_progress, notification_key
+from dianabot_core.telegram.models import BroadcastRecipient, SendStatus
+from dianabot_core.telegram.sender import TelegramSender
+from dianabot_double import TelegramDouble
 from tests.conftest import TEST_BOOTSTRAP, TEST_DATABASE_URL
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_telegram_support import (

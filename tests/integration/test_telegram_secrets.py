@@ -21,12 +21,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import MessageContent
-from core.settings import TelegramSettings, TelemetrySettings
-from core.telegram.errors import OutcomeUnknown, TelegramPermanentError, TelegramTransientError
-from core.telegram.sender import SendOutcome, SendRequest, TelegramSender
-from core.telemetry import setup_tracing
-from devstack.telegram_double import TelegramDouble
+from dianabot_contracts.events import MessageContent
+from dianabot_core.settings import TelegramSettings, TelemetrySettings
+from dianabot_core.telegram.errors import OutcomeUnknown, TelegramPermanentError, TelegramTransientError
+from dianabot_core.telegram.sender import SendOutcome, SendRequest, TelegramSender
+from dianabot_core.telemetry import setup_tracing
+from dianabot_double import TelegramDouble
 from tests.conftest import make_settings
 from tests.integration.test_telegram_support import (
     fresh_chat_ids,

@@ -14,12 +14,17 @@ from prometheus_client import REGISTRY
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import Button, Media, MessageContent, Priority
-from core.models import Channel, ChannelKind, User
-from core.telegram.errors import OutcomeUnknown, SendInFlight, TelegramPermanentError, TelegramTransientError
-from core.telegram.models import SendStatus, TelegramChatMigration
-from core.telegram.sender import SendOutcome, SendRequest, TelegramSender
-from devstack.telegram_double import GLOBAL_LIMIT, GROUP_LIMIT, PRIVATE_CHAT_LIMIT, TelegramDouble
+from dianabot_contracts.events import Button, Media, MessageContent, Priority
+from dianabot_core.models import Channel, ChannelKind, User
+from dianabot_core.telegram.errors import (
+    OutcomeUnknown,
+    SendInFlight,
+    TelegramPermanentError,
+    TelegramTransientError,
+)
+from dianabot_core.telegram.models import SendStatus, TelegramChatMigration
+from dianabot_core.telegram.sender import SendOutcome, SendRequest, TelegramSender
+from dianabot_double import GLOBAL_LIMIT, GROUP_LIMIT, PRIVATE_CHAT_LIMIT, TelegramDouble
 from tests.integration.test_telegram_support import (
     create_users,
     fresh_chat_ids,

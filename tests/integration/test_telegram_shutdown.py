@@ -13,14 +13,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import consumers.app
-import core.runtime
+import dianabot_core.runtime
 from consumers.services import Services
-from contracts.envelope import EventEnvelope
-from contracts.events import MessageContent, UserActivity
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.settings import Settings, TelemetrySettings
-from core.telegram.models import SendStatus
-from core.telegram.sender import SendOutcome, SendRequest, TelegramSender
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import MessageContent, UserActivity
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.settings import Settings, TelemetrySettings
+from dianabot_core.telegram.models import SendStatus
+from dianabot_core.telegram.sender import SendOutcome, SendRequest, TelegramSender
 from tests.integration.pipeline_support import RawProducer, unique_topic
 from tests.integration.test_telegram_support import (
     fresh_chat_ids,
@@ -39,7 +39,7 @@ async def test_a_handler_mid_send_when_the_app_stops_completes_its_send(
 ) -> None:
     # Process-wide garbage-collector settings are the service's, not pytest's.
     monkeypatch.setattr(consumers.app, "freeze_startup_objects", lambda: None)
-    monkeypatch.setattr(core.runtime, "watch_gc_pauses", lambda: None)
+    monkeypatch.setattr(dianabot_core.runtime, "watch_gc_pauses", lambda: None)
     topic = unique_topic(partitions=1)
     group = HandlerGroup(f"t{uuid.uuid4().hex[:8]}")
     [chat] = fresh_chat_ids(1)

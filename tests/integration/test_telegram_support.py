@@ -21,14 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.app import Consumers, build_consumers
 from consumers.services import Services
-from contracts.topics import TopicSpec
-from core.models import User, UserState
-from core.pipeline.handlers import HandlerGroup
-from core.settings import Settings, TelegramSettings
-from core.telegram.models import TelegramSend
-from core.telegram.sender import TelegramSender
-from core.telegram.settings import SenderSettings
-from devstack.telegram_double import TelegramDouble
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.models import User, UserState
+from dianabot_core.pipeline.handlers import HandlerGroup
+from dianabot_core.settings import Settings, TelegramSettings
+from dianabot_core.telegram.models import TelegramSend
+from dianabot_core.telegram.sender import TelegramSender
+from dianabot_core.telegram.settings import SenderSettings
+from dianabot_double import TelegramDouble
 from tests.conftest import make_settings
 
 TOKEN = "123456:telegram-tests"

@@ -28,14 +28,14 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.jobs import ScheduledJobs
-from contracts.events import SchedulerTick, UserActivity
-from contracts.topics import TopicSpec
-from core.jobs import SchedulerJobState
-from core.kafka import create_broker
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.publisher import EventPublisher
-from core.settings import Settings
-from core.telemetry import kafka_middlewares, setup_tracing
+from dianabot_contracts.events import SchedulerTick, UserActivity
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.jobs import SchedulerJobState
+from dianabot_core.kafka import create_broker
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.settings import Settings
+from dianabot_core.telemetry import kafka_middlewares, setup_tracing
 from schedulers.ticker import TICK_SPAN
 from tests.conftest import TEST_BOOTSTRAP, TEST_DATABASE_URL
 from tests.integration.pipeline_support import (

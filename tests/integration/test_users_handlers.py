@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers import users
 from consumers.app import build_consumers
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import UserActivity, UserRegistered
-from contracts.topics import DEAD_LETTERS, USERS
-from core.models import Balance, ProcessedEvent, User
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import UserActivity, UserRegistered
+from dianabot_contracts.topics import DEAD_LETTERS, USERS
+from dianabot_core.models import Balance, ProcessedEvent, User
 from tests.conftest import make_settings
 
 REGISTER = "dianabot.users.register"

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.content import content_of
-from contracts.events import Button, Media, MessageContent, PostScheduled
-from core.models import ChannelPost, PostStatus
-from core.telegram.sender import SendRequest
+from dianabot_contracts.events import Button, Media, MessageContent, PostScheduled
+from dianabot_core.models import ChannelPost, PostStatus
+from dianabot_core.telegram.sender import SendRequest
 from tests.integration.test_telegram_support import wait_for
 from tests.integration.test_vip_support import DAY, PUBLISHING, Vip, era, settle, vip_stack
 

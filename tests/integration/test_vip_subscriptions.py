@@ -13,15 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.services import Services
 from consumers.subscriptions import subscriptions_remove_expired_member_task
-from contracts.envelope import EventEnvelope
-from contracts.events import (
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import (
     SubscriptionExpired,
     SubscriptionExpiring,
     SubscriptionRenewed,
     SubscriptionStarted,
 )
-from core.clock import SystemClock
-from core.models import (
+from dianabot_core.clock import SystemClock
+from dianabot_core.models import (
     Channel,
     ChannelKind,
     Subscription,
@@ -30,9 +30,9 @@ from core.models import (
     UserState,
     VipInviteLink,
 )
-from core.pipeline.errors import PermanentError
-from core.pipeline.handlers import HandlerContext
-from core.telegram.templates import render
+from dianabot_core.pipeline.errors import PermanentError
+from dianabot_core.pipeline.handlers import HandlerContext
+from dianabot_core.telegram.templates import render
 from tests.integration.test_telegram_support import ChatUser, create_users, wait_for
 from tests.integration.test_vip_support import (
     ARCHIVE,

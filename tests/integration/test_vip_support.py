@@ -31,12 +31,12 @@ from consumers import content, subscriptions
 from consumers.app import Consumers, build_consumers
 from consumers.jobs import ScheduledJobs
 from consumers.services import Services
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import SchedulerTick, SubscriptionRenewed, SubscriptionStarted
-from contracts.topics import TopicSpec
-from core.domain.settings import ContentSettings, SubscriptionSettings
-from core.jobs import JobRun, JobRunStatus
-from core.models import (
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import SchedulerTick, SubscriptionRenewed, SubscriptionStarted
+from dianabot_contracts.topics import TopicSpec
+from dianabot_core.domain.settings import ContentSettings, SubscriptionSettings
+from dianabot_core.jobs import JobRun, JobRunStatus
+from dianabot_core.models import (
     Channel,
     ChannelKind,
     OutboxEvent,
@@ -46,10 +46,10 @@ from core.models import (
     SubscriptionStatus,
     User,
 )
-from core.pipeline.handlers import HandlerGroup
-from core.settings import Settings
-from core.telegram.sender import TelegramSender
-from devstack.telegram_double import TelegramDouble
+from dianabot_core.pipeline.handlers import HandlerGroup
+from dianabot_core.settings import Settings
+from dianabot_core.telegram.sender import TelegramSender
+from dianabot_double import TelegramDouble
 from tests.integration.pipeline_support import RawProducer
 from tests.integration.test_telegram_support import (
     ChatUser,

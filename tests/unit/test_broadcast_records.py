@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from contracts.envelope import EventEnvelope
-from contracts.events import MAX_INLINE_RECIPIENTS, BroadcastRequested, MessageContent
-from core.record_limits import DEFAULT_MAX_RECORD_BYTES, record_size
-from core.telegram.broadcasts import continuation_of
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import MAX_INLINE_RECIPIENTS, BroadcastRequested, MessageContent
+from dianabot_core.record_limits import DEFAULT_MAX_RECORD_BYTES, record_size
+from dianabot_core.telegram.broadcasts import continuation_of
 
 CONTENT = MessageContent(text="x" * 4096)
 LARGEST_ID = 2**63 - 1

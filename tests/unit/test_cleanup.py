@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consumers.services import Retention
-from core.pipeline.handlers import HandlerContext
+from dianabot_core.pipeline.handlers import HandlerContext
 
 CUTOFF = datetime(2026, 1, 1, tzinfo=UTC)
 

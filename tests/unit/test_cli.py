@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import (
+from dianabot_core.cli import (
     H_REPLAYED_FROM,
     DeadLetter,
     PartitionProgress,
@@ -23,7 +23,7 @@ from core.cli import (
     parse_position,
     render_table,
 )
-from core.settings import ConfigError
+from dianabot_core.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,7 +126,7 @@ def test_kafka_settings_are_read_without_a_bot_token(monkeypatch: pytest.MonkeyP
 
 
 def test_core_cli_does_not_reach_up_into_the_scheduler_for_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`jobs` belong to the scheduler (`python -m schedulers`, `dianabot jobs`): core's own command
+    """`jobs` belong to the scheduler (`python -m schedulers`, `dianabot jobs`): dianabot_core's own command
     line neither imports it nor loads it at run time."""
     calls: list[list[str]] = []
 
@@ -140,9 +140,9 @@ def test_core_cli_does_not_reach_up_into_the_scheduler_for_jobs(monkeypatch: pyt
 
 
 def test_a_missing_optional_module_is_told_apart_from_a_broken_one() -> None:
-    assert _load_optional("core.no_such_module", "main") is None
-    assert _load_optional("core.cli", "no_such_function") is None
-    assert _load_optional("core.cli", "main") is main
+    assert _load_optional("dianabot_core.no_such_module", "main") is None
+    assert _load_optional("dianabot_core.cli", "no_such_function") is None
+    assert _load_optional("dianabot_core.cli", "main") is main
 
 
 def test_broadcast_progress_is_read_through_the_telegram_module(
@@ -162,7 +162,7 @@ def test_broadcast_progress_is_read_through_the_telegram_module(
         return Progress(broadcast_id, 40, 2) if broadcast_id == "b-1" else None
 
     fake = types.SimpleNamespace(broadcast_progress=broadcast_progress)
-    monkeypatch.setitem(sys.modules, "core.telegram.broadcasts", fake)
+    monkeypatch.setitem(sys.modules, "dianabot_core.telegram.broadcasts", fake)
 
     assert main(["broadcast", "progress", "b-1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
@@ -180,7 +180,7 @@ def test_unreachable_kafka_is_one_line_and_exit_status_1() -> None:
     env.update(DIANABOT_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1", DIANABOT_KAFKA__CONNECT_TIMEOUT_S="2")
     for command in (["lag"], ["dlq", "list"]):
         result = subprocess.run(
-            [sys.executable, "-m", "core.cli", *command],
+            [sys.executable, "-m", "dianabot_core.cli", *command],
             cwd=ROOT,
             env=env,
             capture_output=True,

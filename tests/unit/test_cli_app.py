@@ -15,11 +15,11 @@ from typing import Any, cast
 import pytest
 from rich.console import Console
 
-from core.cli import build_parser, main
-from core.cli.dead_letters import DeadLetter
-from core.cli.dlq import _replay_all, cmd_dlq_list
-from core.cli.output import Table, emit, progress_bar
-from core.settings import ConfigError, load_tool_settings
+from dianabot_core.cli import build_parser, main
+from dianabot_core.cli.dead_letters import DeadLetter
+from dianabot_core.cli.dlq import _replay_all, cmd_dlq_list
+from dianabot_core.cli.output import Table, emit, progress_bar
+from dianabot_core.settings import ConfigError, load_tool_settings
 from schedulers.cli import complete_job
 
 
@@ -106,7 +106,9 @@ def _fake_broadcasts(monkeypatch: pytest.MonkeyPatch, pending: list[int]) -> Non
         return Progress(broadcast_id, 3, 3 - left, left)
 
     monkeypatch.setitem(
-        sys.modules, "core.telegram.broadcasts", types.SimpleNamespace(broadcast_progress=broadcast_progress)
+        sys.modules,
+        "dianabot_core.telegram.broadcasts",
+        types.SimpleNamespace(broadcast_progress=broadcast_progress),
     )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from contracts.topics import DEAD_LETTERS, USERS
-from core.cli.dead_letters import DeadLetter, PartitionProgress
-from core.cli.dlq import Replayer, collapse_copies
+from dianabot_contracts.topics import DEAD_LETTERS, USERS
+from dianabot_core.cli.dead_letters import DeadLetter, PartitionProgress
+from dianabot_core.cli.dlq import Replayer, collapse_copies
 
 
 def _letter(offset: int, headers: dict[str, str], partition: int = 0) -> DeadLetter:

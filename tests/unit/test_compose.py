@@ -20,8 +20,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from core.config import ENV_NESTED_DELIMITER
-from core.settings import ENV_PREFIX, Settings, TelemetrySettings
+from dianabot_core.config import ENV_NESTED_DELIMITER
+from dianabot_core.settings import ENV_PREFIX, Settings, TelemetrySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -103,7 +103,9 @@ def container_ports(service: str) -> dict[int, int]:
 def probe_url(service: str) -> str:
     test = SERVICES[service]["healthcheck"]["test"]
     assert test[0] == "CMD", f"{service}: exec form, no shell needed"
-    assert test[1:4] == ["python", "-m", "core.probe"], f"{service}: probed by core/probe.py"
+    assert test[1:4] == ["python", "-m", "dianabot_core.probe"], (
+        f"{service}: probed by dianabot_core/probe.py"
+    )
     return str(test[4])
 
 
@@ -267,9 +269,7 @@ def test_the_stack_is_the_one_make_run_starts() -> None:
 
 
 def test_telegram_goes_to_the_bot_api_double_by_default() -> None:
-    [double] = [
-        name for name in app_services() if command(name)[:3] == ["python", "-m", "devstack.telegram_double"]
-    ]
+    [double] = [name for name in app_services() if command(name)[:3] == ["python", "-m", "dianabot_double"]]
     args = command(double)
     port = int(args[args.index("--port") + 1])
     assert args[args.index("--host") + 1] == "0.0.0.0"  # reachable from the other containers
@@ -353,7 +353,7 @@ def test_the_image_runs_as_an_unprivileged_user_with_a_readiness_healthcheck() -
     assert users, "no USER: the image would run as root"
     assert users[-1].split(":")[0] not in {"root", "0"}
     [healthcheck] = [arg for op, arg in instructions if op == "HEALTHCHECK"]
-    assert '"core.probe"' in healthcheck
+    assert '"dianabot_core.probe"' in healthcheck
     assert "http://127.0.0.1:9464/readyz" in healthcheck
     assert TelemetrySettings().http_port == 9464
     for op, arg in instructions:

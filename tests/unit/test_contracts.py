@@ -1,4 +1,5 @@
-"""The contracts as JSON Schema (``python -m contracts.schema``) and as AsyncAPI (``faststream docs gen``)."""
+"""The contracts as JSON Schema (``python -m dianabot_contracts.schema``) and as AsyncAPI
+(``faststream docs gen``)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from consumers import app as consumers_app
 from consumers import asyncapi as asyncapi_document
 from consumers.app import create_app
 from consumers.registry import HANDLER_GROUPS
-from contracts import baselines, schema
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import (
+from dianabot_contracts import baselines, schema
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import (
     EVENT_TYPES,
     AlertRaised,
     AlertResolved,
@@ -57,9 +58,9 @@ from contracts.events import (
     UserActivity,
     UserRegistered,
 )
-from contracts.topics import DEAD_LETTERS, ROUTES, TOPICS, USERS, topic_for
-from core.pipeline.handlers import retry_group
-from core.settings import DatabaseSettings, KafkaSettings
+from dianabot_contracts.topics import DEAD_LETTERS, ROUTES, TOPICS, USERS, topic_for
+from dianabot_core.pipeline.handlers import retry_group
+from dianabot_core.settings import DatabaseSettings, KafkaSettings
 from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -307,9 +308,10 @@ def test_the_command_writes_the_files_or_prints_one_document(
 
 def test_contracts_import_only_pydantic_and_the_standard_library() -> None:
     code = (
-        "import contracts.events, contracts.topics, contracts.schema, contracts.baselines; import sys; "
-        "assert not any(m.startswith(('core', 'consumers', 'faststream', 'sqlalchemy', 'aiokafka')) "
-        "for m in sys.modules), sorted(sys.modules)"
+        "import dianabot_contracts.events, dianabot_contracts.topics, dianabot_contracts.schema, "
+        "dianabot_contracts.baselines; import sys; "
+        "assert not any(m.startswith(('dianabot_core', 'dianabot_cli', 'dianabot_double', 'consumers', "
+        "'schedulers', 'faststream', 'sqlalchemy', 'aiokafka')) for m in sys.modules), sorted(sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.domain.content import next_occurrence
-from core.models import ChannelPost, Recurrence
+from dianabot_core.domain.content import next_occurrence
+from dianabot_core.models import ChannelPost, Recurrence
 
 MADRID = ZoneInfo("Europe/Madrid")
 

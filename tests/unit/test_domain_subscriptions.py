@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from contracts.ids import derived_event_id
-from core.domain.subscriptions import ExpiredSubscription, ReminderDue, reminder_kind
+from dianabot_contracts.ids import derived_event_id
+from dianabot_core.domain.subscriptions import ExpiredSubscription, ReminderDue, reminder_kind
 
 END_AT = datetime(2026, 5, 1, 12, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
-"""FastStream's Prometheus middleware on the service's registry (core/faststream_metrics.py).
+"""FastStream's Prometheus middleware on the service's registry (dianabot_core/faststream_metrics.py).
 
-Brokers come from ``core.kafka.create_broker``, as the service builds them, on FastStream's
+Brokers come from ``dianabot_core.kafka.create_broker``, as the service builds them, on FastStream's
 in-memory ``TestKafkaBroker``; the registry is the process's one, which ``/metrics`` serves. Each
 test reads and publishes on topics of its own, so the counts are its own.
 """
@@ -17,9 +17,9 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import SecretStr
 
-from core.faststream_metrics import DISCARDED, FASTSTREAM_METRICS
-from core.kafka import create_broker
-from core.settings import KafkaSettings
+from dianabot_core.faststream_metrics import DISCARDED, FASTSTREAM_METRICS
+from dianabot_core.kafka import create_broker
+from dianabot_core.settings import KafkaSettings
 
 PREFIX = "dianabot_faststream"
 # Shaped like a real Bot API token, and a SASL password: neither may reach a label value.

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from consumers.gamification import assignment_text
-from core.domain.gamification import (
+from dianabot_core.domain.gamification import (
     Assignment,
     Leader,
     MissionInfo,

@@ -1,8 +1,10 @@
 """Imports run downhill: the machinery never reaches up into the services that use it.
 
-contracts  <-  core  <-  schedulers  <-  dianabot_cli (the operator's console command)
-                     <-  consumers   <-
-(``contracts`` is what bot services install: it imports nothing of the project.)
+dianabot_contracts  <-  dianabot_core  <-  schedulers  <-  dianabot_cli (the operator's console command)
+                                       <-  consumers   <-
+(``dianabot_contracts``, in contracts/, is what bot services install: it imports nothing of the project.
+``dianabot_double``, the Bot API double, stands in for Telegram and imports nothing of the project either;
+bench/ and devstack/ are the repository's tools: no installed package imports them.)
 """
 
 from __future__ import annotations
@@ -13,13 +15,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = {"contracts", "core", "consumers", "schedulers", "dianabot_cli", "bench", "devstack", "tests"}
+# Each top-level package of the project and its folder (the contracts are their own distribution,
+# in contracts/).
+FOLDERS = {
+    "dianabot_contracts": ROOT / "contracts" / "dianabot_contracts",
+    "dianabot_core": ROOT / "dianabot_core",
+    "consumers": ROOT / "consumers",
+    "schedulers": ROOT / "schedulers",
+    "dianabot_cli": ROOT / "dianabot_cli",
+    "dianabot_double": ROOT / "dianabot_double",
+    "bench": ROOT / "bench",
+    "devstack": ROOT / "devstack",
+    "tests": ROOT / "tests",
+}
+PROJECT = set(FOLDERS)
+
+
+def test_every_package_is_where_these_checks_look() -> None:
+    """A moved or renamed package would make the checks below pass on nothing."""
+    missing = sorted(name for name, folder in FOLDERS.items() if not (folder / "__init__.py").is_file())
+    assert missing == []
 
 
 def _imports(package: str) -> dict[str, set[str]]:
     """Each module of `package` -> the project's top-level packages it imports."""
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / package).rglob("*.py")):
+    for path in sorted(FOLDERS[package].rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         names: set[str] = set()
         for node in ast.walk(tree):
@@ -34,11 +55,12 @@ def _imports(package: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize(
     ("package", "allowed"),
     [
-        ("contracts", {"contracts"}),
-        ("core", {"contracts", "core"}),
-        ("schedulers", {"contracts", "core", "schedulers"}),
-        ("consumers", {"contracts", "core", "consumers"}),
-        ("dianabot_cli", {"contracts", "core", "schedulers", "consumers", "dianabot_cli"}),
+        ("dianabot_contracts", {"dianabot_contracts"}),
+        ("dianabot_core", {"dianabot_contracts", "dianabot_core"}),
+        ("schedulers", {"dianabot_contracts", "dianabot_core", "schedulers"}),
+        ("consumers", {"dianabot_contracts", "dianabot_core", "consumers"}),
+        ("dianabot_cli", {"dianabot_contracts", "dianabot_core", "schedulers", "consumers", "dianabot_cli"}),
+        ("dianabot_double", {"dianabot_double"}),
     ],
 )
 def test_a_package_imports_only_what_lies_below_it(package: str, allowed: set[str]) -> None:
@@ -67,7 +89,9 @@ def _telegram_reach(path: Path) -> set[str]:
             parts = module.split(".")
             if parts[0] == "aiogram":
                 reached.add("aiogram")
-            elif parts[:2] == ["core", "telegram"] and len(parts) > 2 and parts[2] in TELEGRAM_PRIVATE:
+            elif (
+                parts[:2] == ["dianabot_core", "telegram"] and len(parts) > 2 and parts[2] in TELEGRAM_PRIVATE
+            ):
                 reached.add(module)
     return reached
 
@@ -75,7 +99,7 @@ def _telegram_reach(path: Path) -> set[str]:
 def test_handlers_reach_telegram_only_through_the_senders_public_face() -> None:
     reaching = {
         str(path.relative_to(ROOT)): sorted(reach)
-        for path in sorted((ROOT / "consumers").rglob("*.py"))
+        for path in sorted(FOLDERS["consumers"].rglob("*.py"))
         if (reach := _telegram_reach(path))
     }
     assert reaching == {}
@@ -86,14 +110,14 @@ def test_no_source_module_is_over_500_lines() -> None:
     long = {
         str(path.relative_to(ROOT)): lines
         for package in sorted(PROJECT - {"tests"})
-        for path in sorted((ROOT / package).rglob("*.py"))
+        for path in sorted(FOLDERS[package].rglob("*.py"))
         if (lines := len(path.read_text().splitlines())) > 500
     }
     assert long == {}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _module_name(path: Path, package: str) -> str:
+    parts = list(path.relative_to(FOLDERS[package].parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -116,9 +140,9 @@ def _top_level_imports(path: Path, modules: set[str]) -> set[str]:
 
 def test_no_import_cycle() -> None:
     paths = {
-        _module_name(path): path
+        _module_name(path, package): path
         for package in sorted(PROJECT - {"tests"})
-        for path in sorted((ROOT / package).rglob("*.py"))
+        for path in sorted(FOLDERS[package].rglob("*.py"))
     }
     modules = set(paths)
     graph = {name: _top_level_imports(path, modules) - {name} for name, path in paths.items()}

@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import SecretStr
 
-from core.logs import JsonFormatter, bind_log_context
+from dianabot_core.logs import JsonFormatter, bind_log_context
 from tests.conftest import make_settings
 
 SECRET = "987654:do-not-print-me"

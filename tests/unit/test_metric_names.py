@@ -101,7 +101,7 @@ UNITLESS = {
 }
 # What the exposition appends to a family's name: a name ending in one reads as the wrong type.
 RESERVED_SUFFIXES = ("_total", "_created", "_count", "_sum", "_bucket", "_info")
-SOURCE_PACKAGES = ("core", "consumers", "schedulers", "dianabot_cli", "bench", "devstack")
+SOURCE_PACKAGES = ("dianabot_core", "consumers", "schedulers", "dianabot_cli", "bench", "devstack")
 
 
 def naming_problems(families: Iterable[Metric]) -> list[str]:

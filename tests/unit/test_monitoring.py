@@ -7,11 +7,11 @@ from zoneinfo import ZoneInfo
 
 from consumers.jobs import ScheduledJobs
 from consumers.monitoring import handled_jobs, notice_text
-from contracts.events import SchedulerTick
-from core.findings import CheckResult, Finding
-from core.incidents import IncidentView, Notice, notice_due
-from core.lag import GroupLag
-from core.monitoring import (
+from dianabot_contracts.events import SchedulerTick
+from dianabot_core.findings import CheckResult, Finding
+from dianabot_core.incidents import IncidentView, Notice, notice_due
+from dianabot_core.lag import GroupLag
+from dianabot_core.monitoring import (
     HEARTBEAT_JOB,
     cleared,
     dead_letter_findings,
@@ -21,11 +21,11 @@ from core.monitoring import (
     stale_jobs,
     watched_jobs,
 )
-from core.monitoring_settings import MonitoringSettings
-from core.pipeline.handlers import HandlerContext, HandlerGroup
-from core.schedule.cron import CronSchedule
-from core.schedule.jobs import JOBS_BY_NAME, JobDefinition
-from core.watchdog import Watchdog
+from dianabot_core.monitoring_settings import MonitoringSettings
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_core.schedule.cron import CronSchedule
+from dianabot_core.schedule.jobs import JOBS_BY_NAME, JobDefinition
+from dianabot_core.watchdog import Watchdog
 
 UTC_ZONE = ZoneInfo("UTC")
 MADRID = ZoneInfo("Europe/Madrid")

@@ -8,11 +8,11 @@ from typing import cast
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.envelope import EventEnvelope
-from contracts.events import NotificationRequested, Priority, UserActivity
-from contracts.topics import NOTIFICATIONS_CRITICAL, USERS
-from core.models import OutboxEvent
-from core.outbox import add_to_outbox
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import NotificationRequested, Priority, UserActivity
+from dianabot_contracts.topics import NOTIFICATIONS_CRITICAL, USERS
+from dianabot_core.models import OutboxEvent
+from dianabot_core.outbox import add_to_outbox
 
 
 class _Session:

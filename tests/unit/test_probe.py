@@ -1,4 +1,4 @@
-"""``python -m core.probe``, the containers' health check, against the real health server."""
+"""``python -m dianabot_core.probe``, the containers' health check, against the real health server."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core import probe
-from core.health import Check, HealthServer
+from dianabot_core import probe
+from dianabot_core.health import Check, HealthServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,9 +67,9 @@ async def test_nothing_listening_is_unhealthy(capsys: pytest.CaptureFixture[str]
 
 def test_the_probe_process_imports_no_driver_and_defaults_to_the_consumers_readyz() -> None:
     code = (
-        "import sys, core.probe; "
+        "import sys, dianabot_core.probe; "
         "assert not any(m.split('.')[0] in {'sqlalchemy', 'aiokafka', 'faststream', 'pydantic', 'aiohttp'} "
-        "for m in sys.modules), sorted(sys.modules); print(core.probe.DEFAULT_URL)"
+        "for m in sys.modules), sorted(sys.modules); print(dianabot_core.probe.DEFAULT_URL)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False

@@ -8,12 +8,12 @@ import pytest
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from contracts.envelope import EventEnvelope
-from contracts.events import NotificationRequested, Priority, UserActivity
-from contracts.topics import NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, USERS
-from core.kafka import create_broker
-from core.publisher import EventPublisher
-from core.settings import KafkaSettings
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import NotificationRequested, Priority, UserActivity
+from dianabot_contracts.topics import NOTIFICATIONS_BULK, NOTIFICATIONS_CRITICAL, USERS
+from dianabot_core.kafka import create_broker
+from dianabot_core.publisher import EventPublisher
+from dianabot_core.settings import KafkaSettings
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -15,12 +15,12 @@ from faststream.kafka.parser import AioKafkaBatchParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.envelope import EventEnvelope
-from contracts.events import UserActivity
-from core.pipeline.consumer import max_poll_interval_ms, total_parser
-from core.pipeline.errors import InfrastructureError, TransientError, retry_after_s
-from core.pipeline.handlers import HandlerGroup, HandlerSpec
-from core.pipeline.records import (
+from dianabot_contracts.envelope import EventEnvelope
+from dianabot_contracts.events import UserActivity
+from dianabot_core.pipeline.consumer import max_poll_interval_ms, total_parser
+from dianabot_core.pipeline.errors import InfrastructureError, TransientError, retry_after_s
+from dianabot_core.pipeline.handlers import HandlerGroup, HandlerSpec
+from dianabot_core.pipeline.records import (
     H_DUE_AT,
     H_ORIGINAL_OFFSET,
     H_ORIGINAL_TOPIC,
@@ -30,7 +30,7 @@ from core.pipeline.records import (
     Record,
     decode,
 )
-from core.pipeline.routing import MAX_RETRY_AFTER_S, longest_wait_s, retry_plan
+from dianabot_core.pipeline.routing import MAX_RETRY_AFTER_S, longest_wait_s, retry_plan
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -259,8 +259,8 @@ def test_the_poll_interval_outlasts_the_slowest_batch_a_handler_can_take() -> No
 
 
 async def test_when_one_partition_fails_the_others_are_cancelled_before_the_batch_is_rewound() -> None:
-    from core.clock import SystemClock
-    from core.pipeline.runner import BatchReport, HandlerRunner, PipelineDeps
+    from dianabot_core.clock import SystemClock
+    from dianabot_core.pipeline.runner import BatchReport, HandlerRunner, PipelineDeps
 
     group = HandlerGroup(f"t{uuid.uuid4().hex[:6]}")
     group.handler(UserActivity, action="noop", retry_delays_s=(1.0,))(_noop)
@@ -317,7 +317,7 @@ def _batch_with_bad_header_key(compression_type: int) -> bytes:
 def test_a_batch_with_a_header_key_that_is_not_utf8_is_read_whole(compression_type: int) -> None:
     from aiokafka.record.memory_records import MemoryRecords
 
-    from core.pipeline.lenient_records import LenientMemoryRecords
+    from dianabot_core.pipeline.lenient_records import LenientMemoryRecords
 
     data = _batch_with_bad_header_key(compression_type)
     with pytest.raises(UnicodeDecodeError):  # aiokafka's own reader

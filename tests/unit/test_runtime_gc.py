@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from core.metrics import GC_PAUSE_SECONDS
-from core.runtime import GcPauseWatch
+from dianabot_core.metrics import GC_PAUSE_SECONDS
+from dianabot_core.runtime import GcPauseWatch
 
 
 def _count(generation: str) -> float:

@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from core.schedule.cron import CronSchedule
-from core.schedule.jobs import JOBS, JobDefinition
+from dianabot_core.schedule.cron import CronSchedule
+from dianabot_core.schedule.jobs import JOBS, JobDefinition
 
 MADRID = ZoneInfo("Europe/Madrid")
 SPRING = datetime(2026, 3, 28, 22, 0, tzinfo=UTC)  # Sunday 29 March, 00:00 local (CET)

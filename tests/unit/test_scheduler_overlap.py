@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from core.jobs import JobRunStatus, RunView, blocking_run
+from dianabot_core.jobs import JobRunStatus, RunView, blocking_run
 
 SLOT = datetime(2026, 5, 4, 10, 1, tzinfo=UTC)
 STALE = timedelta(minutes=10)

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.schedule.cron import CronSchedule
-from core.schedule.jobs import CatchUp, JobDefinition
+from dianabot_core.schedule.cron import CronSchedule
+from dianabot_core.schedule.jobs import CatchUp, JobDefinition
 from schedulers.planning import PlannedTick, ScheduledJob, plan_due
 
 MADRID = ZoneInfo("Europe/Madrid")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from consumers import jobs as jobs_module
-from contracts.events import SchedulerTick
-from contracts.topics import SCHEDULER_TICKS
-from core.jobs import Overlap
-from core.pipeline.handlers import HandlerContext, HandlerGroup
+from dianabot_contracts.events import SchedulerTick
+from dianabot_contracts.topics import SCHEDULER_TICKS
+from dianabot_core.jobs import Overlap
+from dianabot_core.pipeline.handlers import HandlerContext, HandlerGroup
 
 
 async def probe(tick: SchedulerTick, ctx: HandlerContext) -> dict[str, int]:

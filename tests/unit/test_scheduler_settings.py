@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from core.schedule.jobs import CatchUp
-from core.schedule.settings import SchedulerSettings
-from core.settings import ConfigError, load_section
+from dianabot_core.schedule.jobs import CatchUp
+from dianabot_core.schedule.settings import SchedulerSettings
+from dianabot_core.settings import ConfigError, load_section
 
 
 def load_scheduler_settings() -> SchedulerSettings:

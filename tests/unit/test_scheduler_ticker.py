@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.schedule.cron import CronSchedule
-from core.schedule.jobs import CatchUp, JobDefinition
+from dianabot_core.schedule.cron import CronSchedule
+from dianabot_core.schedule.jobs import CatchUp, JobDefinition
 from schedulers.leader import LeadershipLost
 from schedulers.planning import PlannedTick, ScheduledJob
 from schedulers.state import tick_event_id

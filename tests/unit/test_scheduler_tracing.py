@@ -18,11 +18,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.events import SchedulerTick
-from core.models import OutboxEvent
-from core.outbox import add_to_outbox
-from core.schedule.cron import CronSchedule
-from core.schedule.jobs import CatchUp, JobDefinition
+from dianabot_contracts.events import SchedulerTick
+from dianabot_core.models import OutboxEvent
+from dianabot_core.outbox import add_to_outbox
+from dianabot_core.schedule.cron import CronSchedule
+from dianabot_core.schedule.jobs import CatchUp, JobDefinition
 from schedulers.planning import PlannedTick, ScheduledJob
 from schedulers.state import tick_event_id
 from schedulers.ticker import TICK_SPAN, Ticker

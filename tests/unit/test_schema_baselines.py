@@ -1,4 +1,4 @@
-"""Evolving a contract against its published baselines (``contracts.baselines``), on a test-only event.
+"""Evolving a contract against its published baselines (``dianabot_contracts.baselines``), on a test event.
 
 ``test.greeted`` v1 carried one ``name``; the breaking v2 splits it into first and last names. The
 committed docs/schemas and the real contracts are checked in tests/unit/test_contracts.py.
@@ -14,10 +14,10 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from pydantic import Field
 
-from contracts import baselines
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.upcasters import Upcasters
-from core.pipeline.records import DecodedEvent, decode
+from dianabot_contracts import baselines
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.upcasters import Upcasters
+from dianabot_core.pipeline.records import DecodedEvent, decode
 
 
 class GreetedV1(EventPayload):

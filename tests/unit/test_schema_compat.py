@@ -1,4 +1,4 @@
-"""The compatibility rules (`contracts.compat`) on pairs of JSON Schemas: each kind of break, and widening."""
+"""The compatibility rules (`dianabot_contracts.compat`) on pairs of JSON Schemas: breaks and widening."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from contracts.compat import (
+from dianabot_contracts.compat import (
     ENUM_NARROWED,
     NARROWED,
     REMOVED,

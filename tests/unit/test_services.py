@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from consumers.services import MissingService, Retention, Services
-from core.domain.settings import GamificationSettings
+from dianabot_core.domain.settings import GamificationSettings
 from tests.conftest import make_settings
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.schedule.settings import SchedulerSettings
-from core.settings import ConfigError, KafkaSettings, load_section, load_settings
+from dianabot_core.schedule.settings import SchedulerSettings
+from dianabot_core.settings import ConfigError, KafkaSettings, load_section, load_settings
 
 TOKEN = "987654:super-secret-token-value"
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.settings import Settings, is_known_variable
-from core.settings_table import main, markdown, readme_table, sections
+from dianabot_core.settings import Settings, is_known_variable
+from dianabot_core.settings_table import main, markdown, readme_table, sections
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_the_readmes_table_is_the_generated_one() -> None:
     assert readme_table(README.read_text()) == markdown(), (
-        "README.md's settings table is stale: run `python -m core.settings_table --write README.md`"
+        "README.md's settings table is stale: run `python -m dianabot_core.settings_table --write README.md`"
     )
 
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.domain.gamification import DailyGiftRules, daily_gift_key, next_streak
-from core.domain.settings import GamificationSettings
+from dianabot_core.domain.gamification import DailyGiftRules, daily_gift_key, next_streak
+from dianabot_core.domain.settings import GamificationSettings
 
 RULES = DailyGiftRules()
 T0 = datetime(2026, 3, 4, 21, 0, tzinfo=UTC)

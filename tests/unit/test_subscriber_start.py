@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from core.pipeline.consumer import start_until_kafka_answers
+from dianabot_core.pipeline.consumer import start_until_kafka_answers
 
 
 class HalfStartedConsumer:

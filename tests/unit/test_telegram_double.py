@@ -38,7 +38,7 @@ from aiogram.types import (
     Message,
 )
 
-from devstack.telegram_double import (
+from dianabot_double import (
     GLOBAL_LIMIT,
     GROUP_LIMIT,
     PRIVATE_CHAT_LIMIT,

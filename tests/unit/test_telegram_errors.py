@@ -10,9 +10,9 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
-from core.pipeline.errors import FailureKind as PipelineKind
-from core.pipeline.errors import classify
-from core.telegram.errors import (
+from dianabot_core.pipeline.errors import FailureKind as PipelineKind
+from dianabot_core.pipeline.errors import classify
+from dianabot_core.telegram.errors import (
     ApiFailureKind,
     OutcomeUnknown,
     TelegramPermanentError,
@@ -22,7 +22,7 @@ from core.telegram.errors import (
     is_missing_join_request,
     is_not_member,
 )
-from devstack.telegram_double import TelegramDouble
+from dianabot_double import TelegramDouble
 
 TOKEN = "123456:errors-test"
 USER = 2001

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.events import Button, Media, MessageContent
-from core.telegram.content import plan_parts
-from core.telegram.errors import TelegramPermanentError
-from core.telegram.templates import TEMPLATES, TemplateError, language_of, render, required_params
+from dianabot_contracts.events import Button, Media, MessageContent
+from dianabot_core.telegram.content import plan_parts
+from dianabot_core.telegram.errors import TelegramPermanentError
+from dianabot_core.telegram.templates import TEMPLATES, TemplateError, language_of, render, required_params
 
 RENEW = ((Button(text="Renew", url="https://example.org/renew"),),)
 PHOTO = Media(kind="photo", file="https://example.org/a.jpg")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import load_section
-from core.telegram.ledger import Verdict, verdict
-from core.telegram.limits import chat_interval
-from core.telegram.models import SendStatus
-from core.telegram.settings import SenderSettings
+from dianabot_core.settings import load_section
+from dianabot_core.telegram.ledger import Verdict, verdict
+from dianabot_core.telegram.limits import chat_interval
+from dianabot_core.telegram.models import SendStatus
+from dianabot_core.telegram.settings import SenderSettings
 
 
 def test_chat_intervals_by_kind() -> None:

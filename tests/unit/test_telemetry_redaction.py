@@ -8,8 +8,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from core.redaction import redact_secrets
-from core.telemetry import RedactingSpanProcessor
+from dianabot_core.redaction import redact_secrets
+from dianabot_core.telemetry import RedactingSpanProcessor
 
 TOKEN = "7012345678:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"
 URL = f"https://api.telegram.org/bot{TOKEN}/sendMessage"
@@ -52,7 +52,7 @@ def test_a_span_reaches_the_exporter_without_the_token() -> None:
 def test_a_log_line_and_its_traceback_never_carry_the_token(json_lines: bool) -> None:
     import logging
 
-    from core.logs import JsonFormatter, TextFormatter
+    from dianabot_core.logs import JsonFormatter, TextFormatter
 
     token = "123456:AAH-secret-part-of-the-token-0123456789"
     formatter = JsonFormatter() if json_lines else TextFormatter("%(message)s")

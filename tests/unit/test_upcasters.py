@@ -15,10 +15,10 @@ from aiokafka.structs import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.envelope import EventEnvelope, EventPayload
-from contracts.events import EVENT_TYPES, UserActivity
-from contracts.upcasters import UPCASTERS, UpcastError, Upcasters
-from core.pipeline.records import DecodedEvent, Malformed, Record, decode
+from dianabot_contracts.envelope import EventEnvelope, EventPayload
+from dianabot_contracts.events import EVENT_TYPES, UserActivity
+from dianabot_contracts.upcasters import UPCASTERS, UpcastError, Upcasters
+from dianabot_core.pipeline.records import DecodedEvent, Malformed, Record, decode
 
 
 class GreetedV2(EventPayload):
