@@ -246,10 +246,11 @@ class TelegramSender(MemberCalls):
         A kept intent is finished as ``retry`` if the wait fails or is cancelled: nothing was called.
         """
         try:
+            # A kept intent (its slot was lost) has one round trip left, the pause check: it is
+            # taken before the slot, so the call is on time on a loaded machine too.
+            lead_s = self._intent_lead.seconds() if attempt is None else self.gate.pause_read_lead_s()
+            slot = await self.gate.wait_for_slot(chat_id, request.priority, deadline=deadline, lead_s=lead_s)
             if attempt is None:
-                slot = await self.gate.wait_for_slot(
-                    chat_id, request.priority, deadline=deadline, lead_s=self._intent_lead.seconds()
-                )
                 started = time.monotonic()
                 attempt = await self._start_attempt(self._intent(request, part, key, chat_id), request)
                 self._intent_lead.observe(time.monotonic() - started)
@@ -257,11 +258,6 @@ class TelegramSender(MemberCalls):
                     raise SendInFlight(f"another attempt of send {key} started first")
                 paused = attempt.paused_s > 0  # read in the intent's own statement
             else:
-                # A kept intent (its slot was lost): the pause check is the only round trip left,
-                # and it is taken before the slot, so the call is on time on a loaded machine too.
-                slot = await self.gate.wait_for_slot(
-                    chat_id, request.priority, deadline=deadline, lead_s=self.gate.pause_read_lead_s()
-                )
                 paused = await self.gate.paused_for_slot(slot, chat_id) > 0
             await self.gate.until(slot)
         except BaseException:

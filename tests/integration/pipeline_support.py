@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -66,6 +67,12 @@ async def effects_of(session_factory: async_sessionmaker[AsyncSession], handler:
             {"h": handler},
         )
         return [EffectRow(*row) for row in rows]
+
+
+async def committed_total(admin: AIOKafkaAdminClient, group: str) -> int:
+    """The offsets `group` has committed, summed over its partitions."""
+    offsets = await admin.list_consumer_group_offsets(group)
+    return sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
 
 
 def unique_topic(partitions: int = 3) -> TopicSpec:

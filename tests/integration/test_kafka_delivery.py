@@ -13,6 +13,7 @@ from faststream.kafka import KafkaBroker
 
 from dianabot_core.kafka import create_broker
 from dianabot_core.settings import Settings
+from tests.integration.pipeline_support import committed_total
 from tests.support import wait_until
 
 
@@ -24,11 +25,6 @@ def _consuming_broker(settings: Settings, topic: str, group: str, seen: list[byt
         seen.append(body)
 
     return broker
-
-
-async def _committed_total(admin: AIOKafkaAdminClient, group: str) -> int:
-    offsets = await admin.list_consumer_group_offsets(group)
-    return sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
 
 
 async def _produce(settings: Settings, topic: str, bodies: list[bytes]) -> None:
@@ -75,7 +71,7 @@ async def test_handled_messages_are_committed_and_a_restart_resumes_after_them(
 async def wait_until_committed(admin: AIOKafkaAdminClient, group: str, expected: int) -> None:
     total = -1
     for _ in range(200):
-        total = await _committed_total(admin, group)
+        total = await committed_total(admin, group)
         if total == expected:
             return
         await asyncio.sleep(0.05)

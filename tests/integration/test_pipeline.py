@@ -24,6 +24,7 @@ from dianabot_core.pipeline.handlers import BatchContext, Delivery, HandlerConte
 from dianabot_core.settings import Settings
 from tests.integration.pipeline_support import (
     RawProducer,
+    committed_total,
     dead_letters_for,
     effects_of,
     ensure_effects_table,
@@ -256,8 +257,7 @@ async def test_a_batch_of_slow_events_commits_its_effects_and_offsets_as_it_goes
         await producer.send_events(topic.name, events)  # all there before the consumer starts: one batch
     async with running_consumers(kafka, [group]):
         await _wait_for_effects(session_factory, spec.name, 15, within=30)
-        offsets = await admin.list_consumer_group_offsets(spec.group_for(topic))
-        committed = sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
+        committed = await committed_total(admin, spec.group_for(topic))
         in_flight = await _effect_count(session_factory, spec.name)
         assert 0 < committed <= in_flight < len(events)  # the batch is still running
         await _wait_for_effects(session_factory, spec.name, len(events), within=30)
@@ -299,8 +299,7 @@ async def test_a_batch_handled_one_by_one_after_a_failure_commits_its_offsets_as
         await producer.send_events(topic.name, events)  # all there before the consumer starts: one batch
     async with running_consumers(kafka, [group]):
         await _wait_for_effects(session_factory, spec.name, 15, within=30)
-        offsets = await admin.list_consumer_group_offsets(spec.group_for(topic))
-        committed = sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
+        committed = await committed_total(admin, spec.group_for(topic))
         in_flight = await _effect_count(session_factory, spec.name)
         assert 0 < committed <= in_flight + 1 < len(events)  # + 1: the dead-lettered one
         await _wait_for_effects(session_factory, spec.name, len(events) - 1, within=30)
