@@ -10,9 +10,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dianabot_core.kafka import ensure_kafka_reachable
 from dianabot_core.settings import Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_database(engine: AsyncEngine) -> AsyncEngine:
+    """Every integration test runs against the test database migrated to head, even when it is run
+    alone (a consumers process started by a test needs the ledger tables)."""
+    return engine
 
 
 @pytest.fixture(scope="session")

@@ -107,9 +107,17 @@ async def test_a_restarted_static_member_takes_its_partitions_back_without_a_reb
 
 
 async def _wait_for_split(one: AIOKafkaConsumer, other: AIOKafkaConsumer) -> None:
+    # Both members must report the same generation and disjoint halves: right after the join, the
+    # first member can still report every partition of the generation before.
     def split() -> bool:
         mine, theirs = one.assignment(), other.assignment()
-        return bool(mine) and bool(theirs) and len(mine | theirs) == 4
+        return (
+            bool(mine)
+            and bool(theirs)
+            and not mine & theirs
+            and len(mine | theirs) == 4
+            and _generation(one) == _generation(other)
+        )
 
     await wait_until(split, within=45)
 
