@@ -14,14 +14,17 @@ gives that session's client port, and the port's socket belongs to exactly one o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -43,6 +46,7 @@ class ServiceConfig:
     bot_token: str = "123456:chaos-double"
     admin_chat_id: int = -1_000_000_000_001
     log_level: str = "WARNING"
+    health_ports: dict[str, int] = field(default_factory=dict)
 
     def env(self, role: str, base_url: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIANABOT_")}
@@ -56,8 +60,9 @@ class ServiceConfig:
             DIANABOT_TELEGRAM__ADMIN_CHAT_ID=str(self.admin_chat_id),
             DIANABOT_TELEMETRY__LOG_LEVEL=self.log_level,
             DIANABOT_TELEMETRY__LOG_JSON="false",
-            # Several processes on one host: no health servers (they would compete for one port).
-            DIANABOT_TELEMETRY__HTTP_PORT="0",
+            # Several processes on one host: a consumer's health server on its own port (the suite
+            # times its restarts by /readyz), none for the schedulers.
+            DIANABOT_TELEMETRY__HTTP_PORT=str(self.health_ports.get(role, 0)),
             DIANABOT_SCHEDULER__HTTP_PORT="0",
             # One tick a second: the scheduler's exactly-once per slot is checked across its faults.
             DIANABOT_SCHEDULER__JOBS__SCHEDULED_SECONDLY_TEST_PROBE__ENABLED="true",
@@ -136,6 +141,23 @@ class Cluster:
     def restart_consumer(self, index: int) -> None:
         if self.consumers[index] is None:
             self.consumers[index] = self._faststream("consumers.app:app", f"consumer-{index}")
+
+    async def consumer_ready(self, index: int, within_s: float = 120.0) -> float | None:
+        """Seconds until consumer `index` answers /readyz with 200 (every subscriber started, its
+        dependencies reachable); None when it did not within `within_s`."""
+        port = self.config.health_ports.get(f"consumer-{index}")
+        if not port:
+            return None
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{port}/readyz"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while time.monotonic() - started < within_s:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(url) as response:
+                        if response.status == 200:
+                            return round(time.monotonic() - started, 1)
+                await asyncio.sleep(0.2)
+        return None
 
     def kill_scheduler(self, index: int) -> None:
         _kill(self.schedulers[index])
@@ -310,3 +332,17 @@ async def postgres_crash() -> None:
 
 async def postgres_up() -> None:
     await _run(str(REPO / "devstack/postgres/pg.sh"), "up")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` TCP ports free on this host now (bound to port 0 and released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

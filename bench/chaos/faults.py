@@ -9,7 +9,8 @@ Faults, by offset from the first publish:
 * ``kafka_restart``: the broker stopped (``kafka.sh down``) and started (``kafka.sh up``);
 * ``consumer_kill`` (``--kills`` of them): SIGKILL of a consumer process, restarted 1-6 s later.
 
-Kills keep clear of the two outages, so each fault's recovery is measured on its own. A fault's
+Kills keep clear of the two outages, their process's restart included, so each fault's recovery is
+measured on its own. A fault's
 window runs from its start to the moment its end was reached (restart issued, server up).
 """
 
@@ -28,6 +29,11 @@ from bench.chaos import cluster as procs
 from bench.chaos.cluster import Cluster
 
 logger = logging.getLogger("bench.chaos")
+
+KILL_DOWN_MAX_S = 6.0
+# How long a restarted consumers process may take to answer /readyz under the suite's load (the
+# run reports each restart's `ready_after_restart_s`).
+KILL_START_UP_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,14 +72,18 @@ def plan(
         Fault("postgres_outage", pg_at, pg_outage_s),
         Fault("kafka_restart", kafka_at, 0.0),
     ]
-    # Clear of the other faults and of their recoveries.
+    # Clear of the other faults and of their recoveries. A kill lasts until its process is back:
+    # down up to 6 s, then a start-up that takes up to half a minute on this loaded machine; one
+    # issued less than that before an outage ran into it, and the two stalls added up in one window.
+    before = KILL_DOWN_MAX_S + KILL_START_UP_S
     busy = [
         (leader_at - 3, leader_at + 10),
-        (pg_at - 5, pg_at + pg_outage_s + 20),
-        (kafka_at - 5, kafka_at + 45),
+        (pg_at - before, pg_at + pg_outage_s + 20),
+        (kafka_at - before, kafka_at + 45),
     ]
     for at in _spread(rng, 0.05 * duration_s, 0.97 * duration_s, busy, kills):
-        faults.append(Fault("consumer_kill", at, round(rng.uniform(1.0, 6.0), 1), rng.randrange(consumers)))
+        down = round(rng.uniform(1.0, KILL_DOWN_MAX_S), 1)
+        faults.append(Fault("consumer_kill", at, down, rng.randrange(consumers)))
     return sorted((f for f in faults if f.kind not in skip), key=lambda f: f.at_s)
 
 
@@ -152,6 +162,7 @@ class FaultInjector:
         await asyncio.sleep(fault.down_s)
         self.cluster.restart_consumer(fault.target)
         record.ended_s = self.now()
+        record.detail["ready_after_restart_s"] = await self.cluster.consumer_ready(fault.target)
 
     async def _kill_leader(self, fault: Fault) -> None:
         leader = await procs.scheduler_leader(self.cluster, self.engine, self.lock_key)

@@ -26,6 +26,7 @@ from bench.chaos.cluster import (
     REPO,
     Cluster,
     ServiceConfig,
+    free_ports,
     kafka_up,
     postgres_up,
     scheduler_leader,
@@ -266,7 +267,15 @@ class Run:
         )
         engine = create_async_engine(url, pool_pre_ping=True)
         cluster = Cluster(
-            ServiceConfig(source, self.logs, kafka.bootstrap_servers, url, log_level=o.log_level), o.consumers
+            ServiceConfig(
+                source,
+                self.logs,
+                kafka.bootstrap_servers,
+                url,
+                log_level=o.log_level,
+                health_ports={f"consumer-{i}": port for i, port in enumerate(free_ports(o.consumers))},
+            ),
+            o.consumers,
         )
         try:
             result = await self._run(cluster, engine, stream, schedule)
