@@ -7,6 +7,8 @@ never reads another test's records, and every assertion on the double is about i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -91,12 +93,27 @@ def settings_for(double: TelegramDouble, request_timeout_s: float = 5.0) -> Sett
 
 @asynccontextmanager
 async def telegram_double(**limits: Any) -> AsyncIterator[TelegramDouble]:
+    """The double in this (pytest's) process. Its limits are judged on arrival times, so a full
+    collection over the suite's hundreds of megabytes of objects (~250 ms) would queue requests and
+    count the senders' evenly spaced sends as a burst: the collector's objects are frozen while it
+    runs, as ``bench.telegram`` does for its double."""
     double = TelegramDouble(**limits)
     await double.start("127.0.0.1", 0)
+    freezing = asyncio.create_task(_freeze_every(1.0))
     try:
         yield double
     finally:
+        freezing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await freezing
+        gc.unfreeze()
         await double.stop()
+
+
+async def _freeze_every(seconds: float) -> None:
+    while True:
+        gc.freeze()
+        await asyncio.sleep(seconds)
 
 
 @asynccontextmanager
