@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from dianabot_contracts.envelope import EventEnvelope
 from dianabot_contracts.events import UserActivity
@@ -47,13 +47,13 @@ async def _drop_service_connections(session_factory: async_sessionmaker[AsyncSes
 
 
 async def test_events_after_the_database_dropped_every_connection_are_handled_once_first_time(
-    kafka: Settings, new_topic: Callable[..., Awaitable[str]]
+    kafka: Settings, new_topic: Callable[..., Awaitable[str]], engine: AsyncEngine
 ) -> None:
     # The test reads through an engine of its own, which the drop spares (another application_name).
-    engine = create_async_engine(
+    own = create_async_engine(
         TEST_DATABASE_URL, connect_args={"server_settings": {"application_name": "test"}}
     )
-    session_factory = async_sessionmaker(engine, expire_on_commit=False)
+    session_factory = async_sessionmaker(own, expire_on_commit=False)
     source = TopicSpec(name=await new_topic(partitions=3), partitions=3, key="test")
     module = f"reconnect{uuid.uuid4().hex[:8]}"
     group = HandlerGroup(module)
@@ -85,11 +85,14 @@ async def test_events_after_the_database_dropped_every_connection_are_handled_on
 
             await eventually(await handled(len(before)), within=30)
             assert await _drop_service_connections(session_factory) >= 1
+            # The suite's shared engine lost its pooled connections too: renew them for the tests
+            # after this one (the service under test must cope on its own).
+            await engine.dispose()
             await producer.send_events(source.name, after)
             # Well inside the first retry's 10 s delay: nothing went through a retry topic.
             await eventually(await handled(len(before) + len(after)), within=8)
 
     effects = await effects_of(session_factory, handler)
-    await engine.dispose()
+    await own.dispose()
     assert sorted(e.event_id for e in effects) == sorted(e.event_id for e in before + after)
     assert {e.seq for e in effects} == {0}
