@@ -14,7 +14,6 @@ gives that session's client port, and the port's socket belongs to exactly one o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -149,13 +148,10 @@ class Cluster:
         if not port:
             return None
         started = time.monotonic()
-        url = f"http://127.0.0.1:{port}/readyz"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             while time.monotonic() - started < within_s:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            return round(time.monotonic() - started, 1)
+                if await answers_ready(http, port):
+                    return round(time.monotonic() - started, 1)
                 await asyncio.sleep(0.2)
         return None
 
@@ -346,3 +342,16 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+async def answers_ready(http: aiohttp.ClientSession, port: int) -> bool:
+    """Whether the service process on `port` answers /readyz with 200."""
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False

@@ -10,8 +10,8 @@ Faults, by offset from the first publish:
 * ``consumer_kill`` (``--kills`` of them): SIGKILL of a consumer process, restarted 1-6 s later.
 
 Kills keep clear of the two outages, their process's restart included, so each fault's recovery is
-measured on its own. A fault's
-window runs from its start to the moment its end was reached (restart issued, server up).
+measured on its own. A fault's window runs from its start to the moment its end was reached
+(restart issued, server up).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.chaos.cluster import Cluster, ServiceConfig
+from bench.chaos.cluster import Cluster, ServiceConfig, answers_ready
 from dianabot_core.kafka import admin_client
 from dianabot_core.lag import group_names
 from dianabot_core.pipeline.handlers import APP
@@ -49,12 +48,6 @@ class BenchServiceConfig(ServiceConfig):
         return env
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def consumer_process(cluster: Cluster) -> Popen[bytes]:
     """The one consumers process; raises with the end of its log if it has exited."""
     process = cluster.consumers[0] if cluster.consumers else None
@@ -69,8 +62,8 @@ def consumer_process(cluster: Cluster) -> Popen[bytes]:
 async def wait_ready(
     cluster: Cluster, kafka: KafkaSettings, port: int, within_s: float = 300
 ) -> dict[str, Any]:
-    """Until /readyz answers 200 (the app's after-startup hook ran: every subscriber has started, and
-    FastStream starts them one after another, each once its group assigned it partitions), then until
+    """Until /readyz answers 200 (the app's after-startup hook ran: every subscriber has started, each
+    once its group assigned it partitions), then until
     the groups the process is a member of are all stable and stay as many for 3 s.
 
     The groups are counted from Kafka, not from the handler registry: the number is what the
@@ -79,7 +72,7 @@ async def wait_ready(
     started = time.monotonic()
     deadline = started + within_s
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-        while not await _ready(http, f"http://127.0.0.1:{port}/readyz"):
+        while not await answers_ready(http, port):
             consumer_process(cluster)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"/readyz not 200 within {within_s}s")
@@ -140,14 +133,6 @@ async def foreign_members(kafka: KafkaSettings) -> dict[str, list[str]]:
         for group, (_, clients) in mine.items()
         if len(clients) > 1
     }
-
-
-async def _ready(http: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with http.get(url) as response:
-            return response.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
 
 
 # --- /proc ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench.chaos import database, groups, readback
-from bench.chaos.cluster import REPO, Cluster
+from bench.chaos.cluster import REPO, Cluster, free_port
 from bench.chaos.run import double_state, prepare_source
 from bench.chaos.topology import service_lanes
 from bench.service import process, traffic
@@ -238,7 +238,7 @@ async def run_service_bench(
     await groups.skip_to_end(settings.kafka, lanes)
 
     logs = _log_dir()
-    port = process.free_port()
+    port = free_port()
     config = process.BenchServiceConfig(
         tree, logs, settings.kafka.bootstrap_servers, url, log_level=log_level, health_port=port
     )

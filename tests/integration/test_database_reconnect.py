@@ -57,11 +57,9 @@ async def test_events_after_the_database_dropped_every_connection_are_handled_on
     source = TopicSpec(name=await new_topic(partitions=3), partitions=3, key="test")
     module = f"reconnect{uuid.uuid4().hex[:8]}"
     group = HandlerGroup(module)
-    attempts: list[int] = []
 
     @group.handler(UserActivity, action="record", topics=(source,))
     async def record(event: UserActivity, ctx: HandlerContext) -> None:
-        attempts.append(ctx.attempt)
         await record_effect(ctx, f"{module}.record", str(event.user_id), ctx.attempt)
 
     def wave(first: int) -> list[EventEnvelope]:
@@ -77,20 +75,20 @@ async def test_events_after_the_database_dropped_every_connection_are_handled_on
         async with RawProducer(kafka) as producer:
             await producer.send_events(source.name, before)
 
-            async def handled(count: int) -> Callable[[], Awaitable[bool]]:
+            def handled(count: int) -> Callable[[], Awaitable[bool]]:
                 async def check() -> bool:
                     return len(await effects_of(session_factory, handler)) >= count
 
                 return check
 
-            await eventually(await handled(len(before)), within=30)
+            await eventually(handled(len(before)), within=30)
             assert await _drop_service_connections(session_factory) >= 1
             # The suite's shared engine lost its pooled connections too: renew them for the tests
             # after this one (the service under test must cope on its own).
             await engine.dispose()
             await producer.send_events(source.name, after)
             # Well inside the first retry's 10 s delay: nothing went through a retry topic.
-            await eventually(await handled(len(before) + len(after)), within=8)
+            await eventually(handled(len(before) + len(after)), within=8)
 
     effects = await effects_of(session_factory, handler)
     await own.dispose()
