@@ -49,14 +49,13 @@ class KafkaBrokerStartingTogether(KafkaBroker):
 
     async def start(self) -> None:
         await self.connect()
-        # BrokerUsecase.start, with the subscribers' starts gathered.
-        try:
-            async with asyncio.TaskGroup() as starting:
-                for subscriber in self.subscribers:
-                    starting.create_task(subscriber.start())
-        except BaseExceptionGroup as failed:
-            # What a sequential start raised: the first failure, not a group of them.
-            raise failed.exceptions[0] from None
+        # BrokerUsecase.start, with the subscribers' starts gathered. A failed start does not cancel
+        # the others: aiokafka leaks the socket of a connection cancelled mid-handshake. Raised as
+        # a sequential start would: the first failure, once every start has ended.
+        results = await asyncio.gather(*(s.start() for s in self.subscribers), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         for publisher in self.publishers:
             await publisher.start()
         self.running = True
